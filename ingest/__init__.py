@@ -1,0 +1,1 @@
+"""Ingestion: parsers (documents, OCR, audio), chunking, embedding, and the worker that writes the index."""

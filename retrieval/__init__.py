@@ -1,0 +1,1 @@
+"""Retrieval: hybrid search over the index; later, answers with citations, summaries and digests."""

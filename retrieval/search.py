@@ -1,0 +1,90 @@
+"""Hybrid search: dense (Chroma, cosine) and lexical (SQLite FTS5, BM25) fused by reciprocal rank."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kb.catalog import DOC_INDEXED, Catalog, ChunkRecord, DocumentRecord
+from kb.embedding import Embedder
+from kb.index import VectorIndex
+
+RRF_K = 60
+
+
+@dataclass
+class Hit:
+    """One search result: the chunk, its document, and how it scored."""
+
+    chunk: ChunkRecord
+    document: DocumentRecord
+    score: float  # fused reciprocal-rank score, comparable within one result list
+    similarity: float | None  # cosine similarity from the dense side, when it found the chunk
+    snippet: str
+
+    def to_dict(self) -> dict[str, Any]:
+        c, d = self.chunk, self.document
+        return {
+            "chunk_id": c.id, "document_id": d.id, "title": d.title, "path": d.paths[0] if d.paths else None,
+            "paths": d.paths, "kind": d.kind, "file_type": d.file_type, "page": c.page,
+            "page_end": c.page_end, "section": c.section, "char_start": c.char_start,
+            "char_end": c.char_end, "t_start": c.t_start, "t_end": c.t_end, "ocr": c.ocr,
+            "score": round(self.score, 6),
+            "similarity": None if self.similarity is None else round(self.similarity, 4),
+            "snippet": self.snippet, "text": c.text,
+        }
+
+
+class Searcher:
+    def __init__(self, catalog: Catalog, index: Callable[[], VectorIndex], embedder: Embedder) -> None:
+        self.catalog = catalog
+        self._index = index
+        self.embedder = embedder
+
+    def search(self, query: str, k: int = 10, where: dict[str, Any] | None = None) -> list[Hit]:
+        query = query.strip()
+        if not query:
+            return []
+        depth = max(4 * k, 40)
+        vector = self.embedder.embed([query])[0]
+        dense = self._index().query(vector, depth, where)
+        lexical = [] if where else self.catalog.lexical_search(query, depth)
+        fused: dict[str, float] = {}
+        for ranked in (dense, lexical):
+            for rank, (cid, _score) in enumerate(ranked):
+                fused[cid] = fused.get(cid, 0.0) + 1.0 / (RRF_K + rank + 1)
+        similarity = dict(dense)
+        order = sorted(fused, key=lambda c: fused[c], reverse=True)
+        chunks = self.catalog.chunks_by_id(order[: depth])
+        docs = self.catalog.documents({c.doc_id for c in chunks.values()})
+        hits: list[Hit] = []
+        for cid in order:
+            chunk = chunks.get(cid)
+            doc = docs.get(chunk.doc_id) if chunk else None
+            if chunk is None or doc is None or doc.status != DOC_INDEXED:
+                continue  # a document mid-update or being removed
+            hits.append(Hit(chunk, doc, fused[cid], similarity.get(cid), snippet(chunk.text, query)))
+            if len(hits) == k:
+                break
+        return hits
+
+
+def snippet(text: str, query: str, width: int = 240) -> str:
+    """A window of the chunk around the first query term it contains, on word boundaries."""
+    flat = " ".join(text.split())
+    if len(flat) <= width:
+        return flat
+    terms = [t for t in re.findall(r"\w+", query.lower()) if len(t) > 2]
+    low = flat.lower()
+    hits = [i for i in (low.find(t) for t in terms) if i >= 0]
+    centre = min(hits) if hits else 0
+    start = max(0, centre - width // 3)
+    end = min(len(flat), start + width)
+    start = max(0, end - width)
+    if start > 0:
+        start = flat.find(" ", start) + 1 or start
+    if end < len(flat):
+        end = flat.rfind(" ", start, end) if flat.rfind(" ", start, end) > start else end
+    return ("…" if start > 0 else "") + flat[start:end] + ("…" if end < len(flat) else "")

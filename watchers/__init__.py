@@ -1,0 +1,1 @@
+"""Folder and IMAP watchers: detect changes and enqueue; not built yet."""
