@@ -36,6 +36,10 @@ class ParseConfig:
     max_unpacked_bytes: int
     ocr_languages: str = "eng"
     threads: int = 1
+    whisper_model: str = "tiny.en"
+    whisper_language: str | None = None
+    models_dir: str | None = None  # where reassembled model files are kept (under the data dir)
+    progress_db: str | None = None  # catalog database, for ProgressBoard updates from parsers
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -76,7 +76,11 @@ class App:
             target_tokens=s.chunk_tokens,
             max_unpacked_bytes=max(s.max_file_bytes * 20, 512 * 2**20),
             ocr_languages=s.ocr_languages,
-            threads=1,
+            threads=max(1, s.cpu_threads() // max(1, s.workers)),
+            whisper_model=s.whisper_model,
+            whisper_language=s.whisper_language,
+            models_dir=str(s.models_dir),
+            progress_db=str(s.catalog_path),
         )
         chunker = None
         if tokenizer_dir is None:  # a test embedder: size chunks with its own counter

@@ -188,13 +188,23 @@ def _clock(seconds: float) -> str:
 @_errors
 def status(obj: Context, as_json: bool) -> None:
     """What is in the library: counts by type and status, recent failures."""
-    stats = obj.app.catalog.stats()
-    stats["data_dir"] = str(obj.settings.data_dir.resolve())
-    stats["embed_model"] = obj.app.catalog.get_meta("embed_model")
+    stats = _stats(obj)
     if as_json:
         click.echo(json.dumps(stats, indent=2))
         return
     _print_status(stats)
+
+
+def _stats(obj: Context) -> dict[str, Any]:
+    from kb.progress import ProgressBoard
+
+    stats: dict[str, Any] = obj.app.catalog.stats()
+    stats["data_dir"] = str(obj.settings.data_dir.resolve())
+    stats["embed_model"] = obj.app.catalog.get_meta("embed_model")
+    board = ProgressBoard(obj.settings.catalog_path)
+    stats["in_progress"] = board.active()
+    board.close()
+    return stats
 
 
 def _print_status(stats: dict[str, Any]) -> None:
@@ -206,6 +216,10 @@ def _print_status(stats: dict[str, Any]) -> None:
         click.echo("  by type:   " + ", ".join(f"{k} {n}" for k, n in stats["documents_by_type"].items()))
     if stats["sources_by_status"]:
         click.echo("  by status: " + ", ".join(f"{k} {n}" for k, n in stats["sources_by_status"].items()))
+    for p in stats.get("in_progress", []):
+        total = f" of {p['total']:.0f}" if p["total"] else ""
+        pct = f" ({100 * p['done'] / p['total']:.0f}%)" if p["total"] else ""
+        click.echo(f"  in progress: {p['stage']} {p['path']}: {p['done']:.0f}{total}{pct}")
     if stats["failures"]:
         click.echo("recent failures:")
         for f in stats["failures"]:
@@ -245,9 +259,7 @@ def run(obj: Context) -> None:
     report = _run_ingest(obj, list(settings.inbox), force=False, mirror=True, quiet=False)
     _print_report(report)
     click.echo()
-    stats = obj.app.catalog.stats()
-    stats["data_dir"] = str(settings.data_dir.resolve())
-    _print_status(stats)
+    _print_status(_stats(obj))
 
 
 @main.command("config")

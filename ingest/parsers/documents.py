@@ -22,8 +22,6 @@ PARTITIONERS: dict[str, tuple[str, str]] = {
     "docx": ("docx", "partition_docx"),
     "pptx": ("pptx", "partition_pptx"),
     "xlsx": ("xlsx", "partition_xlsx"),
-    "csv": ("csv", "partition_csv"),
-    "tsv": ("tsv", "partition_tsv"),
     "html": ("html", "partition_html"),
     "htm": ("html", "partition_html"),
     "xhtml": ("html", "partition_html"),

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ingest.errors import CorruptFile
-from ingest.parsers.base import TEXT, TITLE, Element, ParsedDocument
+from ingest.parsers.base import TABLE, TEXT, TITLE, Element, ParsedDocument
 from ingest.parsers.textutil import clean, decode_text
 
 # A line standing alone that looks like a heading: numbered, or underlined, or short without a period.
@@ -115,3 +115,33 @@ def _xml_text(text: str) -> str:
         if tail:
             parts.append(tail)
     return "\n\n".join(parts)
+
+
+class DelimitedParser:
+    """CSV and TSV as a table (rows of ' | '-joined cells): any encoding, ragged rows tolerated."""
+
+    name = "delimited"
+
+    def parse(self, path: Path, file_type: str) -> ParsedDocument:
+        import csv
+        import io
+
+        text, encoding = decode_text(path.read_bytes())
+        if file_type == "tsv":
+            delimiter = "\t"
+        else:
+            try:
+                delimiter = csv.Sniffer().sniff(text[:20000], delimiters=",;\t|").delimiter
+            except csv.Error:
+                delimiter = ","
+        csv.field_size_limit(10 * 1024 * 1024)
+        rows = []
+        try:
+            for row in csv.reader(io.StringIO(text), delimiter=delimiter):
+                cells = [clean(c) for c in row]
+                if any(cells):
+                    rows.append(" | ".join(cells))
+        except csv.Error as exc:
+            raise CorruptFile(f"malformed {file_type.upper()}: {exc}") from None
+        elements = [Element("\n".join(rows), TABLE)] if rows else []
+        return ParsedDocument(elements=elements, meta={"encoding": encoding, "rows": len(rows)})

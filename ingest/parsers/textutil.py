@@ -44,8 +44,13 @@ def decode_text(data: bytes) -> tuple[str, str]:
         pass
     from charset_normalizer import from_bytes
 
-    best = from_bytes(data[:200_000]).best()
-    enc = best.encoding if best is not None else "cp1252"
+    matches = list(from_bytes(data[:200_000]))
+    enc = "cp1252"
+    if matches:
+        best = min(m.chaos for m in matches)
+        tied = [m.encoding for m in matches if m.chaos <= best + 0.01]
+        # Short Western text fits several code pages equally well; Windows-1252 is by far the likeliest.
+        enc = "cp1252" if "cp1252" in tied else tied[0]
     try:
         return data.decode(enc, errors="replace"), enc
     except LookupError:
