@@ -16,6 +16,7 @@ from ingest.parsers.base import CODE, TABLE, TITLE, Element
 TokenCounter = Callable[[Sequence[str]], list[int]]
 SEP = "\n\n"
 _SENTENCE = re.compile(r"(?<=[.!?;:])\s+|\n+")
+_LINE = re.compile(r"\n")
 
 
 @dataclass
@@ -91,14 +92,15 @@ class Chunker:
                 level = el.level or 1
                 stack = [(lv, t) for lv, t in stack if lv < level] + [(level, el.text[:120])]
                 section = " > ".join(t for _, t in stack[-2:])
-            if n > self.max or (el.kind in (TABLE, CODE) and n > self.target and cur_tokens + n > self.max):
+            oversized_block = el.kind in (TABLE, CODE) and n > self.target and cur_tokens + n > self.max
+            if n > self.max or oversized_block:
                 flush()
                 for piece in self._split(el, start, n):
                     chunks.append(self._make([piece], full, section))
                 continue
-            if cur and cur_tokens + n > self.target and not all(p.el.kind == TITLE for p in cur):
-                flush()
-            elif cur and cur_tokens + n > self.max:
+            # Headings alone never make a chunk: they wait for their first paragraph (within the limit).
+            headings_only = all(p.el.kind == TITLE for p in cur)
+            if cur and cur_tokens + n > (self.max if headings_only else self.target):
                 flush()
             if not cur:
                 cur_section = section
@@ -129,10 +131,7 @@ class Chunker:
     def _split(self, el: Element, start: int, n: int) -> list[_Piece]:
         """Split one oversized element: tables by rows, prose at sentences, then at words."""
         text = el.text
-        if el.kind in (TABLE, CODE):
-            units = _spans(text, re.compile(r"\n"))
-        else:
-            units = _spans(text, _SENTENCE)
+        units = _spans(text, _LINE if el.kind in (TABLE, CODE) else _SENTENCE)
         counts = self.count([text[a:b] for a, b in units])
         fine: list[tuple[int, int, int]] = []
         for (a, b), c in zip(units, counts, strict=True):

@@ -7,6 +7,7 @@ costs one file, recorded as failed, and a fresh worker takes over. With workers=
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -168,16 +169,14 @@ class ParseService:
         if pool is None:
             return
         for proc in list(getattr(pool, "_processes", {}).values()):
-            try:
+            with contextlib.suppress(Exception):
                 proc.kill()
-            except Exception:
-                pass
         pool.shutdown(wait=False, cancel_futures=True)
 
     def run(self, paths: Iterator[Path]) -> Iterator[tuple[Path, Outcome]]:
         """Parse paths as they come, yielding (path, outcome) in completion order.
 
-        Pulls lazily from `paths`, keeping at most workers+1 jobs in flight so a slow consumer (the
+        Pulls lazily from `paths`, keeping at most workers+2 jobs in flight so a slow consumer (the
         embedder) applies back-pressure and a hang can be pinned to the oldest job.
         """
         if self.workers == 0:
@@ -191,14 +190,14 @@ class ParseService:
         source_done = False
         last_progress = time.monotonic()
         while True:
-            while not source_done and len(queue) + len(inflight) < self.workers + 1:
+            while not source_done and len(queue) + len(inflight) < self.workers + 2:
                 nxt = next(paths, None)
                 if nxt is None:
                     source_done = True
                 else:
                     queue.append((nxt, 0))
             # A retried job (it was in a pool that crashed) runs alone, so a second crash is its own.
-            while queue and len(inflight) < self.workers + 1:
+            while queue and len(inflight) < self.workers + 2:
                 solo_running = any(a > 0 for _, a in inflight.values())
                 if solo_running or (queue[0][1] > 0 and inflight):
                     break

@@ -95,7 +95,7 @@ class App:
     def ingestor(self) -> Ingestor:
         return Ingestor(
             self.catalog, self.index, self.embedder, self.parse_service,
-            max_file_bytes=self.settings.max_file_bytes, embed_batch=max(64, self.settings.embed_batch_size * 4),
+            max_file_bytes=self.settings.max_file_bytes, embed_batch=max(256, self.settings.embed_batch_size * 32),
         )
 
     def reindexer(self) -> Ingestor:

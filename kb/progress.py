@@ -6,6 +6,7 @@ written through a separate connection (SQLite WAL lets the processes share the f
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 from pathlib import Path
@@ -37,19 +38,16 @@ class ProgressBoard:
         if now - self._last < every_s:
             return
         self._last = now
-        try:
+        # progress is advisory: a busy database must not fail the work itself
+        with contextlib.suppress(sqlite3.OperationalError):
             self._db.execute(
                 "INSERT OR REPLACE INTO progress(uri, stage, done, total, updated_at) VALUES (?,?,?,?,?)",
                 (uri, stage, done, total, now),
             )
-        except sqlite3.OperationalError:
-            pass  # progress is advisory: a busy database must not fail the work itself
 
     def clear(self, uri: str) -> None:
-        try:
+        with contextlib.suppress(sqlite3.OperationalError):
             self._db.execute("DELETE FROM progress WHERE uri=?", (uri,))
-        except sqlite3.OperationalError:
-            pass
 
     def active(self, max_age_s: float = 600.0) -> list[dict[str, Any]]:
         """Work that reported progress recently (older rows belong to a run that was stopped)."""

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   tesseract-ocr tesseract-ocr-eng tesseract-ocr-osd   # OCR (osd: page orientation)
-  poppler-utils ffmpeg pandoc libmagic1               # PDF tools, media decoding, EPUB/ODT/RTF/Org/RST
+  poppler-utils ffmpeg libmagic1                      # PDF tools, media decoding, file types
   espeak-ng                                           # speech fixtures for the tests
 )
 VENV=.venv

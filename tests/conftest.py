@@ -12,10 +12,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from kb.app import App  # noqa: E402
-from kb.embedding import HashEmbedder, SentenceTransformerEmbedder  # noqa: E402
-from kb.models import offline_environment  # noqa: E402
-from kb.settings import load_settings  # noqa: E402
+from kb.app import App
+from kb.embedding import HashEmbedder, SentenceTransformerEmbedder
+from kb.models import offline_environment
+from kb.settings import load_settings
 
 offline_environment()
 REPO = Path(__file__).resolve().parent.parent

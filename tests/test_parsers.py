@@ -109,3 +109,13 @@ def test_text_encodings(tmp_path: Path, registry) -> None:  # type: ignore[no-un
         p.write_bytes(data)
         doc = registry.for_path(p)[0].parse(p, "txt")
         assert "Grüße aus Köln" in doc.elements[0].text, name
+
+
+def test_unknown_extension_read_as_text_when_it_is_text(tmp_path: Path, registry) -> None:  # type: ignore[no-untyped-def]
+    readme = tmp_path / "README"
+    readme.write_text("Install the widget before the gizmo.\n")
+    binary = tmp_path / "blob.bin"
+    binary.write_bytes(bytes(range(256)) * 10)
+    assert registry.supports(readme) and not registry.supports(binary)
+    parser, _ = registry.for_path(readme)
+    assert "widget" in parser.parse(readme, "").elements[0].text

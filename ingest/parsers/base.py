@@ -55,6 +55,11 @@ class ParserRegistry:
 
     def __init__(self) -> None:
         self._by_type: dict[str, Parser] = {}
+        self._text: Parser | None = None
+
+    def register_text_fallback(self, parser: Parser) -> None:
+        """Files of unknown type that turn out to be plain text (README, LICENSE, .cfg) go here."""
+        self._text = parser
 
     def register(self, parser: Parser, *file_types: str) -> None:
         for t in file_types:
@@ -64,7 +69,14 @@ class ParserRegistry:
         return path.suffix.lower().lstrip(".")
 
     def supports(self, path: Path) -> bool:
-        return self.file_type(path) in self._by_type
+        return self.file_type(path) in self._by_type or self._sniff_text(path)
+
+    def _sniff_text(self, path: Path) -> bool:
+        if self._text is None:
+            return False
+        from ingest.parsers.textutil import looks_like_text
+
+        return looks_like_text(path)
 
     def types(self) -> list[str]:
         return sorted(self._by_type)
@@ -72,6 +84,8 @@ class ParserRegistry:
     def for_path(self, path: Path) -> tuple[Parser, str]:
         t = self.file_type(path)
         parser = self._by_type.get(t)
+        if parser is None and self._text is not None and self._sniff_text(path):
+            return self._text, t or "txt"
         if parser is None:
             what = f"'.{t}' files" if t else "files without an extension"
             raise UnsupportedType(f"unsupported file type: {what} are not ingested")

