@@ -98,6 +98,10 @@ def _init_worker(config: ParseConfig, factory: RegistryFactory) -> None:
     from kb.models import offline_environment
 
     offline_environment()
+    # Parsers yield the CPU to the embedder: torch's threads stall badly when a core is taken from
+    # them mid-batch, so overlapping at equal priority is slower than not overlapping at all.
+    with contextlib.suppress(OSError):
+        os.nice(10)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(config.threads)
     counter: TokenCounter

@@ -20,7 +20,7 @@ def build_registry(config: ParseConfig) -> ParserRegistry:
     """Module-level so worker processes can import it: each builds its own registry."""
     from ingest.parsers.registry import default_registry
 
-    return default_registry(config.max_unpacked_bytes)
+    return default_registry(config)
 
 
 class App:

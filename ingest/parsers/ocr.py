@@ -380,8 +380,9 @@ def _exif_date(img: Image.Image) -> str | None:
     m = _EXIF_DATE.match(str(value or ""))
     if not m:
         return None
+    y, mo, d, h, mi, sec = (int(g) for g in m.groups())
     try:
-        return datetime(*(int(g) for g in m.groups())).isoformat()  # type: ignore[misc]
+        return datetime(y, mo, d, h, mi, sec).isoformat()
     except ValueError:
         return None
 
