@@ -126,6 +126,7 @@ class Ingestor:
         self.parser = parser
         self.max_file_bytes = max_file_bytes
         self.embed_batch = embed_batch
+        self._notify: Progress = lambda _p, _o: None
 
     @property
     def index(self) -> VectorIndex:
@@ -166,7 +167,7 @@ class Ingestor:
     # -- ingest -----------------------------------------------------------------------------------
     def ingest(
         self, paths: Sequence[Path], *, progress: Progress | None = None, force: bool = False,
-        mirror: bool = True,
+        mirror: bool = True, on_total: Callable[[int], None] | None = None,
     ) -> IngestReport:
         """Ingest files and folders (recursively). With mirror, files gone from a folder are forgotten."""
         started = time.monotonic()
@@ -179,11 +180,14 @@ class Ingestor:
             if root.is_dir():
                 known.update(self.catalog.sources_under(str(root) + "/"))
         found = list(discover(roots))
+        if on_total is not None:
+            on_total(len(found))
         seen = {str(f.path) for f in found}
         waiting: dict[str, list[_Waiting]] = {}
         hash_of: dict[Path, str] = {}
         registry = self.parser.registry()
         notify = progress or (lambda _p, _o: None)
+        self._notify = notify
 
         def fail(f: Found, error: str, content_hash: str | None = None) -> None:
             orphans = self.catalog.record_failure(
@@ -272,14 +276,14 @@ class Ingestor:
             self._purge(orphans)
             self._count(w, report, empty)
 
-    @staticmethod
-    def _count(w: _Waiting, report: IngestReport, empty: bool) -> None:
+    def _count(self, w: _Waiting, report: IngestReport, empty: bool) -> None:
         if w.existed:
             report.updated += 1
         else:
             report.added += 1
         if empty:
             report.empty.append(str(w.found.path))
+        self._notify(str(w.found.path), "empty" if empty else "updated" if w.existed else "added")
 
     def _store(self, pending: list[tuple[str, Parsed]], waiting: dict[str, list[_Waiting]],
                report: IngestReport) -> None:

