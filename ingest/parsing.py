@@ -155,6 +155,19 @@ class ParseService:
             self._inline = (self.factory(self.config), chunker)
         return self._inline
 
+    def _still_reporting(self, path: Path) -> bool:
+        """Did the parser of path report progress within the timeout? (See kb.progress.)"""
+        if not self.config.progress_db:
+            return False
+        from kb.progress import ProgressBoard
+
+        board = ProgressBoard(self.config.progress_db)
+        try:
+            last = board.last_update(str(path))
+        finally:
+            board.close()
+        return last is not None and time.time() - last < self.timeout_s
+
     def _new_pool(self) -> ProcessPoolExecutor:
         # spawn, not fork: the parent may hold torch's thread pools, which do not survive a fork.
         return ProcessPoolExecutor(
@@ -240,6 +253,8 @@ class ParseService:
                         queue.appendleft((path, 1))
                 continue
             if inflight and time.monotonic() - last_progress > self.timeout_s:
+                if self._still_reporting(inflight[order[0]][0]):
+                    continue  # slow, not stuck: an hour of audio reports progress as it goes
                 oldest = order.popleft()
                 path, _ = inflight.pop(oldest)
                 log.warning("parse of %s timed out after %.0f s", path, self.timeout_s)

@@ -49,6 +49,14 @@ class ProgressBoard:
         with contextlib.suppress(sqlite3.OperationalError):
             self._db.execute("DELETE FROM progress WHERE uri=?", (uri,))
 
+    def last_update(self, uri: str) -> float | None:
+        """When work on uri last reported progress: a heartbeat for telling slow from stuck."""
+        try:
+            row = self._db.execute("SELECT updated_at FROM progress WHERE uri=?", (uri,)).fetchone()
+        except sqlite3.OperationalError:
+            return None
+        return float(row[0]) if row else None
+
     def active(self, max_age_s: float = 600.0) -> list[dict[str, Any]]:
         """Work that reported progress recently (older rows belong to a run that was stopped)."""
         rows = self._db.execute(

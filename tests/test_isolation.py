@@ -20,12 +20,19 @@ class Hostile:
             os._exit(139)  # like a segfault in native code
         if file_type == "hang":
             time.sleep(3600)
+        if file_type == "slow":  # long but alive: reports progress like a long transcription
+            from kb.progress import ProgressBoard
+
+            board = ProgressBoard(path.parent / "progress.db")
+            for i in range(6):
+                board.update(str(path), "working", i, 6, every_s=0)
+                time.sleep(1)
         return ParsedDocument([Element(path.read_text())])
 
 
 def hostile_registry(config: ParseConfig) -> ParserRegistry:
     reg = ParserRegistry()
-    reg.register(Hostile(), "crash", "hang", "ok")
+    reg.register(Hostile(), "crash", "hang", "ok", "slow")
     return reg
 
 
@@ -47,3 +54,15 @@ def test_crash_and_hang_isolated(tmp_path: Path) -> None:
         assert isinstance(out[n], Parsed) and out[n].chunks[0].text == f"content of {n}"
     assert isinstance(out["b.crash"], Failed) and "crashed" in out["b.crash"].error
     assert isinstance(out["d.hang"], Failed) and "longer than 4 s" in out["d.hang"].error
+
+
+def test_slow_but_reporting_is_not_killed(tmp_path: Path) -> None:
+    (tmp_path / "long.slow").write_text("a long recording")
+    config = ParseConfig(tokenizer_dir=None, max_tokens=100, target_tokens=50, max_unpacked_bytes=1 << 30,
+                         progress_db=str(tmp_path / "progress.db"))
+    service = ParseService(config, hostile_registry, workers=1, timeout_s=3)
+    try:
+        ((_, outcome),) = list(service.run(iter([tmp_path / "long.slow"])))
+    finally:
+        service.close()
+    assert isinstance(outcome, Parsed), outcome
