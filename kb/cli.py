@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import click
 
 from kb.errors import KbError
+from kb.lock import write_lock
 from kb.settings import Settings, load_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -127,7 +128,8 @@ def _run_ingest(obj: Context, targets: list[Path], *, force: bool, mirror: bool,
             bar.set_postfix_str(f"{outcome}: {Path(path).name[:40]}", refresh=False)
 
     try:
-        return obj.app.ingestor.ingest(targets, progress=progress, force=force, mirror=mirror, on_total=total)
+        with write_lock(obj.settings.data_dir):
+            return obj.app.ingestor.ingest(targets, progress=progress, force=force, mirror=mirror, on_total=total)
     finally:
         if bar is not None:
             bar.close()
@@ -237,7 +239,8 @@ def _print_status(stats: dict[str, Any]) -> None:
 @_errors
 def forget(obj: Context, paths: tuple[Path, ...]) -> None:
     """Remove files or folders from the library (the files themselves are not touched)."""
-    n = obj.app.ingestor.forget(list(paths))
+    with write_lock(obj.settings.data_dir):
+        n = obj.app.ingestor.forget(list(paths))
     click.echo(f"forgot {n} file{'s' if n != 1 else ''}")
 
 
@@ -247,7 +250,8 @@ def forget(obj: Context, paths: tuple[Path, ...]) -> None:
 def reindex(obj: Context) -> None:
     """Rebuild all vectors from the catalog with the configured embedding model."""
     started = time.monotonic()
-    n = obj.app.reindexer().reindex()
+    with write_lock(obj.settings.data_dir):
+        n = obj.app.reindexer().reindex()
     click.echo(f"re-embedded {n} chunks in {time.monotonic() - started:.1f} s")
 
 

@@ -51,3 +51,12 @@ def test_unknown_toml_key(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     (tmp_path / "kb.toml").write_text("wrokers = 2\n")
     with pytest.raises(ConfigError, match="wrokers"):
         load_settings()
+
+
+def test_one_writer_per_data_dir(tmp_path: Path) -> None:
+    from kb.lock import BusyError, write_lock
+
+    with write_lock(tmp_path), pytest.raises(BusyError, match="another kb process"), write_lock(tmp_path):
+        pass
+    with write_lock(tmp_path):  # released
+        pass
