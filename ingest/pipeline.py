@@ -259,7 +259,9 @@ class Ingestor:
         self._store(pending, waiting, report)
 
         if mirror:
-            gone = [uri for uri in known if uri not in seen]
+            # A folder we could not read this time keeps what we had from it: unreadable is not deleted.
+            unreadable = tuple(str(f.path) + "/" for f in found if f.error and not f.path.is_file())
+            gone = [uri for uri in known if uri not in seen and not uri.startswith(unreadable)]
             if gone:
                 self._purge(self.catalog.forget_sources(gone))
                 report.removed = len(gone)
