@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -86,7 +87,8 @@ def main(argv: list[str]) -> dict[str, Any]:
     ocr = TesseractOcr("eng", threads=threads)
     images, pdfs = ImageOcrParser(ocr), OcrPdfParser(ocr)
     words = english_words()
-    out: dict[str, Any] = {"languages": "eng", "threads": threads, "cer": {}, "pages": {}}
+    out: dict[str, Any] = {"languages": "eng", "threads": threads, "cer": {}, "pages": {},
+                           "load_avg_1m_at_start": round(os.getloadavg()[0], 2)}
 
     # Character error rate against the gold text; the rotated copies also exercise orientation.
     for name, gold in [("phototest.tif", "phototest.gold.txt"), ("eurotext.tif", "eurotext.txt"),
@@ -107,14 +109,19 @@ def main(argv: list[str]) -> dict[str, Any]:
 
     # Orientation and speed on image-only PDFs rendered at 300 dpi.
     pdf_pages = 0
-    pdf_seconds = 0.0
+    pdf_seconds = pdf_cpu = 0.0
     for name in ("cardinal.pdf", "skew.pdf", "rotated_skew.pdf"):
         path = om / name
+        cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         doc = pdfs.parse(path, "pdf")
         secs = time.perf_counter() - t0
+        cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        # CPU seconds of the tesseract processes: what a page costs whatever else the machine is doing.
+        cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
         pdf_pages += doc.meta["pages"]
         pdf_seconds += secs
+        pdf_cpu += cpu
         first = doc_text(doc, 1)
         rows = []
         for p in doc.meta["ocr"]:
@@ -128,7 +135,8 @@ def main(argv: list[str]) -> dict[str, Any]:
                 "cer_vs_page1": round(cer(text, first), 4) if p["page"] > 1 else 0.0,
             })
         out["pages"][name] = {"pages": rows, "seconds": round(secs, 2),
-                              "seconds_per_page": round(secs / max(1, doc.meta["pages"]), 2)}
+                              "seconds_per_page": round(secs / max(1, doc.meta["pages"]), 2),
+                              "tesseract_cpu_s_per_page": round(cpu / max(1, doc.meta["pages"]), 2)}
         print(f"{name}: {out['pages'][name]}", file=sys.stderr)
 
     all_rows = [r for f in out["pages"].values() for r in f["pages"]]
@@ -138,6 +146,7 @@ def main(argv: list[str]) -> dict[str, Any]:
         "cardinal_rotations": [r["rotation"] for r in out["pages"]["cardinal.pdf"]["pages"]],
         "all_upright": all(r["upright"] for r in all_rows),
         "seconds_per_page": round(pdf_seconds / max(1, pdf_pages), 2),
+        "tesseract_cpu_s_per_page": round(pdf_cpu / max(1, pdf_pages), 2),
         "single_page_seconds": out["pages"]["skew.pdf"]["seconds"],
         "targets": {"phototest_cer_max": 0.02, "seconds_per_page_max": 3.0},
     }

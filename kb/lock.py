@@ -18,6 +18,7 @@ class BusyError(KbError):
 @contextmanager
 def write_lock(data_dir: Path) -> Iterator[None]:
     """Hold the data directory's write lock (released by the OS even on kill -9)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / ".write.lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   tesseract-ocr tesseract-ocr-eng tesseract-ocr-osd   # OCR (osd: page orientation)
   poppler-utils ffmpeg libmagic1                      # PDF tools, media decoding, file types
-  espeak-ng                                           # speech fixtures for the tests
+  espeak-ng fonts-dejavu-core                         # speech and scanned-page fixtures for the tests
 )
 VENV=.venv
 PY=${KB_PYTHON:-python3.11}

@@ -13,6 +13,7 @@ from ingest.errors import CorruptFile
 from ingest.parsers.base import ParsedDocument
 from ingest.parsers.ocr import ImageOcrParser, OcrPdfParser, OcrUnavailable, TesseractOcr
 from ingest.parsers.registry import default_registry
+from ingest.parsing import ParseConfig
 from kb.app import App
 from kb.errors import ModelMissingError
 from kb.settings import load_settings
@@ -174,6 +175,14 @@ def test_missing_language_names_debian_package(scans: dict[str, Path]) -> None:
     msg = str(err.value)
     assert "tesseract-ocr-chi-sim-vert" in msg and "tesseract-ocr-xyz" in msg
     assert isinstance(err.value, ModelMissingError)
+
+
+def test_registry_takes_ocr_languages_from_parse_config(scans: dict[str, Path]) -> None:
+    config = ParseConfig(tokenizer_dir=None, max_tokens=256, target_tokens=128, max_unpacked_bytes=2**30,
+                         ocr_languages="eng+xyz", threads=2)
+    parser, file_type = default_registry(config).for_path(scans["png"])
+    with pytest.raises(OcrUnavailable, match="tesseract-ocr-xyz"):
+        parser.parse(scans["png"], file_type)
 
 
 def test_registry_routes_images_and_pdfs_to_ocr() -> None:

@@ -1,8 +1,8 @@
 """Speech to text for recordings and videos with faster-whisper (CTranslate2, int8 on the CPU).
 
-Audio is decoded with PyAV as a stream and transcribed in windows of about five minutes, each cut at the
+Audio is decoded with PyAV as a stream and transcribed in windows of about two minutes, each cut at the
 quietest moment near its end: an hour-long meeting never sits in memory as one float array (Whisper's
-feature extractor would need gigabytes for it). Silero VAD skips silence, so silence costs little and
+feature extractor would need about 4 GB for it). Silero VAD skips silence, so silence costs little and
 yields no invented text. Each Whisper segment becomes one element carrying its start and end time.
 """
 
@@ -37,7 +37,9 @@ log = logging.getLogger(__name__)
 
 MEDIA_TYPES = ("wav", "mp3", "m4a", "aac", "flac", "ogg", "opus", "webm", "mp4", "mkv", "mov")
 SAMPLE_RATE = 16000
-WINDOW_S = 300.0  # audio transcribed per call: bounds memory (~150 MB peak) whatever the length
+# Audio transcribed per call. Whisper's feature extraction needs ~1 MB per second of window at its
+# peak, so this bounds memory (~150 MB) whatever the recording's length.
+WINDOW_S = 120.0
 CUT_SEARCH_S = 30.0  # a window ends at the quietest 0.1 s within this much of its nominal end
 BEAM_SIZE = 5
 # Retries of a doubtful window at rising temperature (Whisper's default has six: worst case 6x the work).
