@@ -118,6 +118,11 @@ def _word_count(texts: Any) -> list[int]:
     return [len(t.split()) for t in texts]
 
 
+def _warm() -> None:
+    assert _worker is not None
+    _worker[0].warm_up()
+
+
 def _work(path: str) -> Outcome:
     assert _worker is not None
     return parse_file(*_worker, Path(path))
@@ -154,6 +159,16 @@ class ParseService:
                 chunker = Chunker(counter, self.config.max_tokens, self.config.target_tokens)
             self._inline = (self.factory(self.config), chunker)
         return self._inline
+
+    def warm_up(self) -> None:
+        """Start workers and load parser libraries ahead of the first file (a service does this once)."""
+        if self.workers == 0:
+            self._inline_state()[0].warm_up()
+            return
+        if self._pool is None:
+            self._pool = self._new_pool()
+        for f in [self._pool.submit(_warm) for _ in range(self.workers)]:
+            f.result()
 
     def _still_reporting(self, path: Path) -> bool:
         """Did the parser of path report progress within the timeout? (See kb.progress.)"""

@@ -69,3 +69,13 @@ class ProgressBoard:
 
     def close(self) -> None:
         self._db.close()
+
+
+def optional_board(db_path: str | None) -> ProgressBoard | None:
+    """A board for parsers, or None when there is no catalog to report to or it cannot be opened."""
+    if not db_path:
+        return None
+    try:
+        return ProgressBoard(db_path)
+    except sqlite3.Error:  # progress is advisory
+        return None

@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING, Any
 from ingest.errors import CorruptFile, IngestError
 from ingest.parsers.base import TEXT, Element, ParsedDocument
 from kb.errors import ModelMissingError
+from kb.progress import optional_board
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from kb.progress import ProgressBoard
 
 log = logging.getLogger(__name__)
 
@@ -346,18 +346,6 @@ def windows(blocks: Iterator[np.ndarray], window_s: float = WINDOW_S) -> Iterato
 
 
 # -- the parser ------------------------------------------------------------------------------------
-def _board(progress_db: str | None) -> ProgressBoard | None:
-    if not progress_db:
-        return None
-    from kb.progress import ProgressBoard
-
-    try:
-        return ProgressBoard(progress_db)
-    except Exception:  # progress is advisory
-        log.debug("no progress board at %s", progress_db, exc_info=True)
-        return None
-
-
 def _keep(seg: Any) -> bool:
     """Drop what Whisper says over non-speech: empty, or likely silence with a doubtful reading."""
     if not seg.text.strip():
@@ -412,7 +400,7 @@ class WhisperParser:
         probability: float | None = 1.0 if language else None
         container, stream, media = _open_media(path)
         uri = str(path)
-        board = _board(self.progress_db)
+        board = optional_board(self.progress_db)
         stats = {"samples": 0.0, "bad_packets": 0.0}
         elements: list[Element] = []
         speech_s = 0.0

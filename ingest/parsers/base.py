@@ -78,6 +78,13 @@ class ParserRegistry:
 
         return looks_like_text(path)
 
+    def warm_up(self) -> None:
+        """Let parsers that have one-off start-up costs (imports, models) pay them now."""
+        for parser in {id(p): p for p in self._by_type.values()}.values():
+            warm = getattr(parser, "warm_up", None)
+            if warm is not None:
+                warm()
+
     def types(self) -> list[str]:
         return sorted(self._by_type)
 

@@ -97,6 +97,14 @@ class UnstructuredParser:
         self._max_unpacked = max_unpacked_bytes
         self._fns: dict[str, Callable[..., list[Any]]] = {}
 
+    def warm_up(self) -> None:
+        """Import the partitioners and load spaCy now rather than inside the first file's parse."""
+        import unstructured.nlp.tokenize as tokenize
+
+        for t in ("html", "docx", "md"):
+            self._partitioner(t)
+        tokenize._get_nlp()
+
     def _partitioner(self, file_type: str) -> Callable[..., list[Any]]:
         if file_type not in self._fns:
             _configure_unstructured_nlp()

@@ -30,6 +30,7 @@ from ingest.errors import CorruptFile, FileTooLarge, IngestError
 from ingest.parsers.base import Element, ParsedDocument
 from ingest.parsers.pdf import PdfParser, lines_to_elements, page_lines
 from kb.errors import ModelMissingError
+from kb.progress import optional_board
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -390,18 +391,6 @@ def _exif_date(img: Image.Image) -> str | None:
         return None
 
 
-def _board(progress_db: str | None) -> ProgressBoard | None:
-    if not progress_db:
-        return None
-    from kb.progress import ProgressBoard
-
-    try:
-        return ProgressBoard(progress_db)
-    except Exception:  # progress is advisory
-        log.debug("no progress board at %s", progress_db, exc_info=True)
-        return None
-
-
 class ImageOcrParser:
     """Scans and photos of text: every page OCR'd, one or more elements per page, kind 'scan'."""
 
@@ -417,7 +406,7 @@ class ImageOcrParser:
         try:
             n = getattr(img, "n_frames", 1) if file_type in ("tif", "tiff") else 1
             created = _exif_date(img)
-            board = _board(self.progress_db) if n > 1 else None
+            board = optional_board(self.progress_db) if n > 1 else None
             pages: list[PageOcr] = []
             try:
                 for res in self.ocr.ocr_pages(_frames(img, n)):
@@ -543,7 +532,7 @@ class PdfPageOcr:
         if self._uri is None or total < 2:
             return
         if self._board is None:
-            self._board = _board(self.progress_db)
+            self._board = optional_board(self.progress_db)
         if self._board is not None:
             self._board.update(self._uri, "ocr", done, total)
 
