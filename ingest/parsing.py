@@ -193,8 +193,16 @@ class ParseService:
         )
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._kill_pool()
+        """Let idle workers exit cleanly (a stuck one was already killed by run())."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        procs = list(getattr(pool, "_processes", {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in procs:  # a worker still busy with an abandoned file is not waited for long
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
 
     def _kill_pool(self) -> None:
         pool, self._pool = self._pool, None

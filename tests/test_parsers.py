@@ -84,6 +84,12 @@ def test_docx_structure(files: dict[str, Path], registry) -> None:  # type: igno
     assert doc.created_at is not None
 
 
+@pytest.mark.parametrize("fmt,row", [("csv", "magpie | 2"), ("tsv", "birch | 15")])
+def test_delimited_files_are_tables(fmt: str, row: str, files: dict[str, Path], registry) -> None:  # type: ignore[no-untyped-def]
+    doc = registry.for_path(files[fmt])[0].parse(files[fmt], fmt)
+    assert [e.kind for e in doc.elements] == [TABLE] and row in doc.elements[0].text.splitlines()
+
+
 def test_mail_dates_and_kind(files: dict[str, Path], registry) -> None:  # type: ignore[no-untyped-def]
     doc = registry.for_path(files["eml"])[0].parse(files["eml"], "eml")
     assert doc.kind == "mail"

@@ -6,7 +6,7 @@ from ingest.parsers.audio import MEDIA_TYPES, WhisperParser
 from ingest.parsers.base import ParserRegistry
 from ingest.parsers.documents import PARTITIONERS, UnstructuredParser
 from ingest.parsers.ocr import IMAGE_TYPES, ImageOcrParser, OcrPdfParser, TesseractOcr
-from ingest.parsers.text import TextParser
+from ingest.parsers.text import DelimitedParser, TextParser
 from ingest.parsing import ParseConfig
 
 TEXT_TYPES = ("txt", "text", "log", "json", "ndjson", "jsonl", "xml")
@@ -24,6 +24,7 @@ def default_registry(config: ParseConfig | int) -> ParserRegistry:
     text = TextParser()
     reg.register(text, *TEXT_TYPES)
     reg.register_text_fallback(text)
+    reg.register(DelimitedParser(), "csv", "tsv")
     reg.register(OcrPdfParser(ocr, progress_db=config.progress_db), "pdf")
     reg.register(UnstructuredParser(max_unpacked_bytes=config.max_unpacked_bytes), *PARTITIONERS)
     reg.register(ImageOcrParser(ocr, progress_db=config.progress_db), *IMAGE_TYPES)
