@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,6 @@ from ingest.parsers import audio
 from ingest.parsers.audio import WhisperModelMissing, WhisperParser, assemble_base_model
 from kb.app import App
 from kb.errors import ModelMissingError
-from kb.settings import load_settings
 
 BUDGET = "The quarterly budget meeting starts now. We agreed to move the product launch to September."
 INVOICE = "First topic. The invoice from the printing company is overdue."
@@ -204,18 +202,6 @@ def test_missing_model_package_is_named(
 
 
 # -- end to end --------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[App]:
-    try:  # the session's shared embedding model when conftest offers one; else the App loads its own
-        embedder = request.getfixturevalue("real_embedder")
-    except pytest.FixtureLookupError:
-        embedder = None
-    settings = load_settings(data_dir=tmp_path_factory.mktemp("audio-app") / "data", workers=0)
-    application = App(settings, embedder=embedder)
-    yield application
-    application.close()
-
-
 def test_search_finds_spoken_phrase_with_its_time(
     app: App, media: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,6 @@ from ingest.parsers.registry import default_registry
 from ingest.parsing import ParseConfig
 from kb.app import App
 from kb.errors import ModelMissingError
-from kb.settings import load_settings
 
 HARBOUR = [
     "The harbour committee met on Tuesday to discuss the lighthouse keeper contract and the repairs "
@@ -193,18 +191,6 @@ def test_registry_routes_images_and_pdfs_to_ocr() -> None:
 
 
 # -- end to end: ingest scans into a real app and search them ---------------------------------------
-@pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[App]:
-    try:  # the session's shared embedding model when conftest offers one; else the App loads its own
-        embedder = request.getfixturevalue("real_embedder")
-    except pytest.FixtureLookupError:
-        embedder = None
-    settings = load_settings(data_dir=tmp_path_factory.mktemp("ocr-app") / "data", workers=0)
-    application = App(settings, embedder=embedder)
-    yield application
-    application.close()
-
-
 def test_search_finds_scanned_phrase_with_its_page(
     app: App, scans: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> None:
