@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import logging
 import re
 import shutil
@@ -148,14 +149,18 @@ class TesseractOcr:
         self._checked = True
 
     # -- one page ---------------------------------------------------------------------------------
-    def ocr(self, image: Image.Image, page: int, dpi: int | None = None) -> PageOcr:
-        """OCR one page image, turning it upright first. Raises IngestError on tesseract failure."""
+    def ocr(self, image: Image.Image, page: int, dpi: int | None = None, bands: int = 1) -> PageOcr:
+        """OCR one page image, turning it upright first. Raises IngestError on tesseract failure.
+
+        With bands > 1 (idle cores and a lone page) the page is cut at blank rows into bands read in
+        parallel: tesseract's own threads barely help, separate processes halve the wait.
+        """
         from PIL import Image
 
         self.check()
         t0 = time.perf_counter()
         img = to_gray(image)
-        best = self._read(img, 1 if self._osd else 3, dpi, page)
+        best = self._read_bands(img, 1 if self._osd else 3, dpi, page, bands)
         conf = best.confidence
         if (conf is None or conf < LOW_CONFIDENCE) and _has_ink(img):
             # OSD needs ~50 characters; a label or a sparse form may be sideways with no verdict.
@@ -180,6 +185,21 @@ class TesseractOcr:
     def _read(self, img: Image.Image, psm: int, dpi: int | None, page: int) -> _Reading:
         tsv, hocr = self._run(img, psm, dpi, page)
         return _Reading(_parse_tsv(tsv), _hocr_rotation(hocr))
+
+    def _read_bands(self, img: Image.Image, psm: int, dpi: int | None, page: int, bands: int) -> _Reading:
+        cut = _blank_row_near_middle(img) if bands > 1 else None
+        if cut is None:
+            return self._read(img, psm, dpi, page)
+        w, h = img.size
+        halves = (img.crop((0, 0, w, cut)), img.crop((0, cut, w, h)))
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="kb-ocr-band") as pool:
+            top, bottom = pool.map(lambda band: self._read(band, psm, dpi, page), halves)
+        if top.words and bottom.words and top.rotation != bottom.rotation:
+            return self._read(img, psm, dpi, page)  # the bands disagree: the cut was not between lines
+        shift = max((wd.block for wd in top.words), default=0) + 1
+        words = top.words + [_Word(wd.block + shift, wd.par, wd.line, wd.text, wd.conf) for wd in bottom.words]
+        rotation = top.rotation if len(top.words) >= len(bottom.words) else bottom.rotation
+        return _Reading(words, rotation)
 
     def _run(self, img: Image.Image, psm: int, dpi: int | None, page: int) -> tuple[str, str]:
         """One tesseract process on one page image; returns its TSV and hOCR output."""
@@ -230,9 +250,17 @@ class TesseractOcr:
             for page, img, dpi in pages:
                 yield self.ocr(img, page, dpi)
             return
+        items = iter(pages)
+        first = next(items, None)
+        if first is None:
+            return
+        second = next(items, None)
+        if second is None:  # a lone page: spend the idle threads inside it
+            yield self.ocr(first[1], first[0], first[2], bands=self.threads)
+            return
         pending: deque[Future[PageOcr]] = deque()
         try:
-            for page, img, dpi in pages:
+            for page, img, dpi in itertools.chain((first, second), items):
                 pending.append(self.submit(img, page, dpi))
                 if len(pending) >= self.threads:
                     yield pending.popleft().result()
@@ -269,6 +297,30 @@ def _has_ink(img: Image.Image) -> bool:
     hist = img.histogram()
     total = sum(hist) or 1
     return sum(hist[:128]) / total > 0.0005
+
+
+def _blank_row_near_middle(img: Image.Image, min_gap: int = 8) -> int | None:
+    """A row in the middle 40 % of the page inside a run of blank rows (a gap between text lines).
+
+    Pages turned 90 degrees have lines running top to bottom and so no such gap: they are not cut.
+    """
+    import numpy as np
+
+    arr = np.asarray(img)
+    h = arr.shape[0]
+    if h < 200:
+        return None
+    blank = (arr < 128).sum(axis=1) <= max(2, arr.shape[1] // 500)
+    lo, hi = int(h * 0.3), int(h * 0.7)
+    best: int | None = None
+    run = 0
+    for y in range(lo, hi):
+        run = run + 1 if blank[y] else 0
+        if run >= min_gap:
+            mid = y - run // 2
+            if best is None or abs(mid - h // 2) < abs(best - h // 2):
+                best = mid
+    return best
 
 
 def _parse_tsv(tsv: str) -> list[_Word]:
@@ -503,7 +555,7 @@ class PdfPageOcr:
             res = fut.result()
         else:
             img, dpi = self._render(pdf, page_index)
-            res = self.ocr.ocr(img, page_index + 1, dpi)
+            res = self.ocr.ocr(img, page_index + 1, dpi, bands=self.ocr.threads)
         self.results.append(res)
         self._report(page_index + 1, len(pdf))
         return res.elements
@@ -521,12 +573,17 @@ class PdfPageOcr:
             return  # nothing would run alongside: render when asked
         self.ocr.check()
         j = max(index, self._scanned + 1)
-        while len(self._pending) < self.ocr.threads and j < len(pdf):
+        todo: list[int] = []
+        while len(self._pending) + len(todo) < self.ocr.threads and j < len(pdf):
             if j == index or needs_ocr(pdf, j):
-                img, dpi = self._render(pdf, j)
-                self._pending[j] = self.ocr.submit(img, j + 1, dpi)
+                todo.append(j)
             self._scanned = j
             j += 1
+        if todo == [index] and not self._pending and j >= len(pdf):
+            return  # the last page to OCR: __call__ reads it alone, in bands over the idle threads
+        for k in todo:
+            img, dpi = self._render(pdf, k)
+            self._pending[k] = self.ocr.submit(img, k + 1, dpi)
 
     def _report(self, done: int, total: int) -> None:
         if self._uri is None or total < 2:
