@@ -7,6 +7,7 @@ rebuilt from the catalog (``kb reindex``) and orphans can be found by comparing 
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 import time
@@ -521,8 +522,6 @@ class Catalog:
 
 def _fts_query(text: str) -> str:
     """Turn free text into a safe FTS5 OR-query of quoted terms (no syntax from user input)."""
-    import re
-
     terms = [t for t in re.findall(r"\w+", text.lower()) if len(t) > 1 or t.isdigit()]
     seen: list[str] = []
     for t in terms:
