@@ -221,6 +221,14 @@ def write_bad_inputs(folder: Path) -> dict[str, Path]:
     os.symlink("..", sub / "up")  # a folder loop: sub/up -> folder
     os.symlink("missing-target.txt", folder / "dangling.txt")
     f["dangling"] = folder / "dangling.txt"
+    (folder / "secret.eml").write_text(
+        "From: a@example.org\nTo: b@example.org\nSubject: secret\nMIME-Version: 1.0\n"
+        'Content-Type: multipart/encrypted; boundary=foo; protocol="application/pgp-encrypted"\n\n'
+        "--foo\nContent-Type: application/pgp-encrypted\n\nVersion: 1\n\n--foo\n"
+        "Content-Type: application/octet-stream\n\n-----BEGIN PGP MESSAGE-----\nhIwDY32h\n"
+        "-----END PGP MESSAGE-----\n--foo--\n"
+    )
+    f["encrypted_mail"] = folder / "secret.eml"
     (sub / "fine.md").write_text("# Fine\n\nThis file is perfectly fine and mentions zeppelins.\n")
     f["fine"] = sub / "fine.md"
     return f

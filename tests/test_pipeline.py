@@ -118,6 +118,7 @@ def test_bad_input_recorded_and_run_goes_on(make_app: AppFactory, tmp_path: Path
         "encrypted_pdf": "encrypted PDF",
         "truncated_docx": "damaged or truncated DOCX",
         "encrypted_office": "encrypted",
+        "encrypted_mail": "encrypted e-mail",
         "binary_txt": "binary content",
         "unsupported": "unsupported file type .exe",
         "too_big": "limit (setting max_file_mb)",

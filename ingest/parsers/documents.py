@@ -125,6 +125,8 @@ class UnstructuredParser:
             raise CorruptFile(f"damaged or truncated {file_type.upper()} file ({exc})") from None
         except Exception as exc:
             raise CorruptFile(f"could not read {file_type.upper()} file: {type(exc).__name__}: {exc}") from None
+        if not raw and file_type in ("eml", "msg") and _mail_encrypted(path, file_type):
+            raise EncryptedFile("encrypted e-mail (PGP or S/MIME): its text cannot be read without the key")
         elements = [e for e in (_element(r) for r in raw) if e is not None]
         doc = ParsedDocument(elements=elements)
         try:
@@ -160,6 +162,23 @@ class UnstructuredParser:
             raise CorruptFile(
                 f"{file_type.upper()} file unpacks to {total / 1024**3:.1f} GiB: refused as a zip bomb"
             )
+
+
+def _mail_encrypted(path: Path, file_type: str) -> bool:
+    """Whether a message's body is encrypted (multipart/encrypted or S/MIME enveloped data)."""
+    if file_type == "eml":
+        from email.parser import BytesHeaderParser
+
+        with path.open("rb") as f:
+            content_type = BytesHeaderParser().parse(f).get("Content-Type", "")
+    else:
+        from oxmsg import Message
+
+        content_type = Message.load(str(path)).message_headers.get("Content-Type", "")
+    content_type = content_type.lower()
+    return "multipart/encrypted" in content_type or (
+        "pkcs7-mime" in content_type and "signed-data" not in content_type
+    )
 
 
 def _element(raw: Any) -> Element | None:
