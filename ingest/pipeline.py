@@ -84,6 +84,10 @@ def file_hash(path: Path) -> str:
     return h.hexdigest()
 
 
+def _iso_from_ns(mtime_ns: int) -> str | None:
+    return datetime.fromtimestamp(mtime_ns / 1e9).isoformat(timespec="seconds") if mtime_ns else None
+
+
 def _timestamp(iso: str | None) -> int | None:
     if not iso:
         return None
@@ -94,17 +98,18 @@ def _timestamp(iso: str | None) -> int | None:
 
 
 def chunk_metadata(
-    doc_id: int, kind: str, file_type: str, path: str, created_at: str | None, added_at: float,
-    chunk: ChunkRecord,
+    doc_id: int, kind: str, file_type: str, path: str, created_at: str | None, modified_at: str | None,
+    added_at: float, chunk: ChunkRecord,
 ) -> Metadata:
     """Chroma metadata for filtering: which document, what kind, where from, when, which page."""
     md: Metadata = {
         "doc_id": doc_id, "kind": kind, "file_type": file_type, "path": path, "source_type": "file",
         "added_ts": int(added_at), "seq": chunk.seq, "ocr": chunk.ocr,
     }
-    created = _timestamp(created_at)
-    if created is not None:
-        md["created_ts"] = created
+    for key, iso in (("created_ts", created_at), ("modified_ts", modified_at)):
+        ts = _timestamp(iso)
+        if ts is not None:
+            md[key] = ts
     if chunk.page is not None:
         md["page"] = chunk.page
     if chunk.t_start is not None:
@@ -148,7 +153,8 @@ class Ingestor:
             path = doc.paths[0] if doc.paths else ""
             self.index.upsert(
                 [c.id for c in chunks], vectors,
-                [chunk_metadata(doc_id, doc.kind, doc.file_type, path, doc.created_at, doc.added_at, c)
+                [chunk_metadata(doc_id, doc.kind, doc.file_type, path, doc.created_at, doc.modified_at,
+                                doc.added_at, c)
                  for c in chunks],
             )
             self.catalog.set_document_status(doc_id, DOC_INDEXED)
@@ -310,17 +316,19 @@ class Ingestor:
                 for i, c in enumerate(parsed.chunks)
             ]
             added_at = time.time()
+            # formats without their own dates (text, Markdown, images) get the file's modification time
+            modified_at = parsed.modified_at or _iso_from_ns(entries[0].found.mtime_ns)
             doc_id = self.catalog.insert_document(
                 content_hash=h, kind=parsed.kind, file_type=parsed.file_type,
                 title=parsed.title or Path(primary).stem, author=parsed.author,
-                created_at=parsed.created_at, modified_at=parsed.modified_at,
+                created_at=parsed.created_at, modified_at=modified_at,
                 size=entries[0].found.size, meta=parsed.meta, text=parsed.text, chunks=records,
             )
             if records:
                 self.index.upsert(
                     [r.id for r in records], vecs,
                     [chunk_metadata(doc_id, parsed.kind, parsed.file_type, primary, parsed.created_at,
-                                    added_at, r) for r in records],
+                                    modified_at, added_at, r) for r in records],
                 )
             links = [(str(w.found.path), "file", w.found.size, w.found.mtime_ns) for w in entries]
             self._purge(self.catalog.finish_document(doc_id, links, h))
@@ -354,7 +362,7 @@ class Ingestor:
             for c in batch:
                 d = docs[c.doc_id]
                 metas.append(chunk_metadata(c.doc_id, d.kind, d.file_type, d.paths[0] if d.paths else "",
-                                            d.created_at, d.added_at, c))
+                                            d.created_at, d.modified_at, d.added_at, c))
             index.upsert([c.id for c in batch], vectors, metas)
             done += len(batch)
             if progress:

@@ -194,3 +194,24 @@ def test_recovery_finishes_interrupted_documents(make_app: AppFactory, tmp_path:
     app.ingestor.ingest([tmp_path / "in"])
     assert app.catalog.document(doc_id).status == DOC_INDEXED  # type: ignore[arg-type, union-attr]
     consistent(app)
+
+
+def test_documents_without_dates_get_the_file_time(make_app: AppFactory, tmp_path: Path) -> None:
+    app = make_app()
+    (p,) = texts(tmp_path / "in", 1)
+    os.utime(p, (1_700_000_000, 1_700_000_000))
+    app.ingestor.ingest([p])
+    doc = app.catalog.document(app.catalog.source(str(p)).doc_id)  # type: ignore[arg-type, union-attr]
+    assert doc is not None and doc.modified_at is not None and doc.modified_at.startswith("2023-11-14")
+
+
+def test_metadata_filters(make_app: AppFactory, tmp_path: Path) -> None:
+    app = make_app()
+    (tmp_path / "a.md").write_text("# Otters\n\nOtters hold hands while sleeping.\n")
+    (tmp_path / "b.txt").write_text("Otters are members of the weasel family.\n")
+    os.utime(tmp_path / "b.txt", (1_000_000_000, 1_000_000_000))
+    app.ingestor.ingest([tmp_path])
+    only_md = app.searcher.search("otters", where={"file_type": "md"})
+    assert {h.document.file_type for h in only_md} == {"md"}
+    old = app.searcher.search("otters", where={"modified_ts": {"$lt": 1_100_000_000}})
+    assert [Path(h.document.paths[0]).name for h in old] == ["b.txt"]
