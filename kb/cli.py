@@ -155,12 +155,21 @@ def _print_report(report: Any) -> None:
 @main.command()
 @click.argument("query", nargs=-1, required=True)
 @click.option("-k", "k", default=5, show_default=True, type=click.IntRange(1, 200), help="Results to show.")
+@click.option("--type", "file_type", help="Only this file type, e.g. pdf.")
+@click.option("--kind", type=click.Choice(["document", "scan", "meeting", "mail"]), help="Only this kind.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 @_errors
-def search(obj: Context, query: tuple[str, ...], k: int, as_json: bool) -> None:
+def search(obj: Context, query: tuple[str, ...], k: int, file_type: str | None, kind: str | None,
+           as_json: bool) -> None:
     """Search the library (meaning and keywords combined)."""
-    hits = obj.app.searcher.search(" ".join(query), k=k)
+    filters: list[dict[str, Any]] = []
+    if file_type:
+        filters.append({"file_type": file_type.lower().lstrip(".")})
+    if kind:
+        filters.append({"kind": kind})
+    where = None if not filters else filters[0] if len(filters) == 1 else {"$and": filters}
+    hits = obj.app.searcher.search(" ".join(query), k=k, where=where)
     if as_json:
         click.echo(json.dumps([h.to_dict() for h in hits], indent=2, ensure_ascii=False))
         return
@@ -169,14 +178,14 @@ def search(obj: Context, query: tuple[str, ...], k: int, as_json: bool) -> None:
         return
     for i, h in enumerate(hits, 1):
         d, c = h.document, h.chunk
-        where = []
+        place = []
         if c.page is not None:
-            where.append(f"p. {c.page}" + (f"-{c.page_end}" if c.page_end and c.page_end != c.page else ""))
+            place.append(f"p. {c.page}" + (f"-{c.page_end}" if c.page_end and c.page_end != c.page else ""))
         if c.t_start is not None:
-            where.append(f"{_clock(c.t_start)}-{_clock(c.t_end or c.t_start)}")
+            place.append(f"{_clock(c.t_start)}-{_clock(c.t_end or c.t_start)}")
         sim = f" sim {h.similarity:.2f}" if h.similarity is not None else ""
         click.echo(click.style(f"{i}. {d.title or '(untitled)'}", bold=True)
-                   + f"  [{', '.join(where) or d.file_type}] score {h.score:.4f}{sim}")
+                   + f"  [{', '.join(place) or d.file_type}] score {h.score:.4f}{sim}")
         click.echo(f"   {d.paths[0] if d.paths else ''}")
         if c.section:
             click.echo(f"   § {c.section}")

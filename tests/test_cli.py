@@ -36,6 +36,11 @@ def test_ingest_search_status_forget(tmp_path: Path) -> None:
     hits = json.loads(kb(data, "search", "cost of the new pier", "--json").stdout)
     assert hits[0]["path"] == str(files["pdf"]) and hits[0]["page"] == 2
 
+    only_mail = json.loads(kb(data, "search", "boiler", "--kind", "mail", "--json").stdout)
+    assert only_mail and {h["kind"] for h in only_mail} == {"mail"}
+    only_pdf = json.loads(kb(data, "search", "boiler", "--type", ".PDF", "--json").stdout)
+    assert {h["file_type"] for h in only_pdf} == {"pdf"}
+
     text = kb(data, "search", "sourdough", "-k", "1").stdout
     assert "Bakery Hours" in text and "page.html" in text
 
