@@ -25,24 +25,12 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.metrics import edit_distance  # noqa: E402
 from ingest.parsers.ocr import ImageOcrParser, OcrPdfParser, TesseractOcr  # noqa: E402
 
 UPRIGHT_CONFIDENCE = 80.0
 UPRIGHT_DICTIONARY = 0.8
 TESSDATA = Path("/usr/share/tesseract-ocr/5/tessdata")
-
-
-def levenshtein(a: str, b: str) -> int:
-    """Edit distance (insertions, deletions, substitutions), two-row dynamic programming."""
-    if len(a) < len(b):
-        a, b = b, a
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
 
 
 def norm(text: str) -> str:
@@ -52,7 +40,7 @@ def norm(text: str) -> str:
 
 def cer(hyp: str, ref: str) -> float:
     ref, hyp = norm(ref), norm(hyp)
-    return levenshtein(hyp, ref) / max(1, len(ref))
+    return edit_distance(hyp, ref) / max(1, len(ref))
 
 
 def english_words() -> set[str]:

@@ -24,6 +24,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.metrics import edit_distance  # noqa: E402
 from ingest.errors import IngestError  # noqa: E402
 from ingest.parsers.audio import WhisperParser  # noqa: E402
 
@@ -37,16 +38,6 @@ def normalise(text: str) -> str:
     """Lowercase, punctuation to spaces, whitespace collapsed (the usual WER normalisation)."""
     text = re.sub(r"\[S\d+\]", " ", text)  # speaker tags in the diarization reference
     return " ".join("".join(c if c.isalnum() or c.isspace() else " " for c in text.lower()).split())
-
-
-def edit_distance(a: list[str], b: list[str]) -> int:
-    prev = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        cur = [i]
-        for j, y in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
-        prev = cur
-    return prev[-1]
 
 
 def error_rate(hyp: str, ref: str, language: str) -> tuple[str, float]:

