@@ -40,7 +40,8 @@ class ParseConfig:
     whisper_model: str = "tiny.en"
     whisper_language: str | None = None
     models_dir: str | None = None  # where reassembled model files are kept (under the data dir)
-    progress_db: str | None = None  # catalog database, for ProgressBoard updates from parsers
+    max_pages: int = 2000  # pages (PDF, TIFF) read from one document; the rest is refused with a reason
+    max_chunks: int = 20000  # passages kept from one document; the rest is dropped with a recorded warning
     extra: dict[str, Any] = field(default_factory=dict)
 
 

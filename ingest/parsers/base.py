@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import io
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from ingest.errors import UnsupportedType
 
@@ -42,12 +47,75 @@ class ParsedDocument:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+# Progress of long work inside one parse: (stage, done, total or None). Parsers call it as they go (every
+# page, every minute of audio); the caller decides what to do with it (job progress, a deadline reset).
+ProgressFn = Callable[[str, float, "float | None"], None]
+
+
+def no_progress(stage: str, done: float, total: float | None = None) -> None:
+    """A ProgressFn that ignores everything (tests, inline one-off parses)."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """Something to parse: a name (its file type comes from it) and an opener for its bytes.
+
+    Not only files: a mail attachment is a Source with `data` (or a blob `path` under the data dir) and the
+    message it came from as `parent_uri`. Picklable, so it travels to parser processes.
+    """
+
+    uri: str  # identity in the catalog: a file path, later a mail message or attachment
+    name: str  # file name as the user knows it: decides the file type, shown in errors
+    path: Path | None = None  # a local file holding the bytes, when there is one
+    data: bytes | None = None  # or the bytes themselves
+    parent_uri: str | None = None  # the message an attachment belongs to
+
+    @classmethod
+    def from_path(cls, path: Path, uri: str | None = None) -> Source:
+        return cls(uri=uri if uri is not None else str(path), name=path.name, path=path)
+
+    @property
+    def file_type(self) -> str:
+        """Lower-case extension without the dot ('' when there is none)."""
+        return os.path.splitext(self.name)[1].lower().lstrip(".")
+
+    def open(self) -> BinaryIO:
+        """The bytes, as a binary stream (the caller closes it)."""
+        if self.path is not None:
+            return self.path.open("rb")
+        return io.BytesIO(self.data or b"")
+
+    def read_bytes(self) -> bytes:
+        with self.open() as f:
+            return f.read()
+
+    def size(self) -> int:
+        return self.path.stat().st_size if self.path is not None else len(self.data or b"")
+
+    @contextmanager
+    def local_file(self) -> Iterator[Path]:
+        """A file path holding the bytes: the real file, or a temporary copy for libraries that need a name."""
+        if self.path is not None:
+            yield self.path
+            return
+        suffix = os.path.splitext(self.name)[1][:16]
+        with tempfile.TemporaryDirectory(prefix="kb-src-") as tmp:
+            p = Path(tmp) / f"source{suffix}"
+            p.write_bytes(self.data or b"")
+            yield p
+
+
 class Parser(Protocol):
-    """Reads one file of the types it registered for. Raises an IngestError subclass on bad input."""
+    """Reads one source of the types it registered for. Raises an IngestError subclass on bad input.
+
+    `version` goes up whenever a change would extract different text from the same bytes, so documents
+    parsed by an older version can be found and re-parsed (`kb reindex --reparse`).
+    """
 
     name: str
+    version: int
 
-    def parse(self, path: Path, file_type: str) -> ParsedDocument: ...
+    def parse(self, source: Source, file_type: str, progress: ProgressFn) -> ParsedDocument: ...
 
 
 class ParserRegistry:
@@ -65,18 +133,20 @@ class ParserRegistry:
         for t in file_types:
             self._by_type[t.lower()] = parser
 
-    def file_type(self, path: Path) -> str:
-        return path.suffix.lower().lstrip(".")
+    def supports(self, source: Source) -> bool:
+        return source.file_type in self._by_type or self._sniff_text(source)
 
-    def supports(self, path: Path) -> bool:
-        return self.file_type(path) in self._by_type or self._sniff_text(path)
-
-    def _sniff_text(self, path: Path) -> bool:
+    def _sniff_text(self, source: Source) -> bool:
         if self._text is None:
             return False
         from ingest.parsers.textutil import looks_like_text
 
-        return looks_like_text(path)
+        try:
+            with source.open() as f:
+                head = f.read(8192)
+        except OSError:
+            return False
+        return looks_like_text(head)
 
     def warm_up(self) -> None:
         """Let parsers that have one-off start-up costs (imports, models) pay them now."""
@@ -88,10 +158,14 @@ class ParserRegistry:
     def types(self) -> list[str]:
         return sorted(self._by_type)
 
-    def for_path(self, path: Path) -> tuple[Parser, str]:
-        t = self.file_type(path)
+    def version_of(self, parser: Parser) -> str:
+        """The recorded version of what a parser produces, e.g. 'pdf/2'."""
+        return f"{parser.name}/{getattr(parser, 'version', 1)}"
+
+    def for_source(self, source: Source) -> tuple[Parser, str]:
+        t = source.file_type
         parser = self._by_type.get(t)
-        if parser is None and self._text is not None and self._sniff_text(path):
+        if parser is None and self._text is not None and self._sniff_text(source):
             return self._text, t or "txt"
         if parser is None:
             what = f"'.{t}' files" if t else "files without an extension"
