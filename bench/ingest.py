@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from ingest.chunking import embed_text  # noqa: E402
-from kb.app import App  # noqa: E402
+from kbapp.app import App  # noqa: E402
 from kb.settings import load_settings  # noqa: E402
 
 

@@ -8,6 +8,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from kb.paths import absolute
+
 _TEMP_SUFFIXES = (".tmp", ".part", ".crdownload", ".swp", ".swx", "~")
 
 
@@ -24,11 +26,6 @@ class Found:
 def is_ignored(name: str) -> bool:
     """Hidden files, office lock files and partial downloads are not documents."""
     return name.startswith((".", "~$", ".~lock")) or name.endswith(_TEMP_SUFFIXES)
-
-
-def absolute(path: Path) -> Path:
-    """Absolute and normalised, without resolving symlinks: the path the user knows the file by."""
-    return Path(os.path.normpath(os.path.abspath(path)))
 
 
 def discover(paths: Iterable[Path]) -> Iterator[Found]:

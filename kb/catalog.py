@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from kb.errors import CatalogError
-
-SCHEMA_VERSION = 1
+from kb.migrations import migrate
+from kb.paths import safe_text
 
 # Document lifecycle. "indexing": chunks are in the catalog, vectors may be partial (a crash here is
 # finished on the next start). "deleting": vectors are being removed, then the rows go.
@@ -32,83 +32,6 @@ DOC_DELETING = "deleting"
 SRC_INDEXED = "indexed"
 SRC_EMPTY = "empty"
 SRC_FAILED = "failed"
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta(
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS documents(
-    id INTEGER PRIMARY KEY,
-    content_hash TEXT NOT NULL UNIQUE,
-    kind TEXT NOT NULL,
-    file_type TEXT NOT NULL,
-    title TEXT,
-    author TEXT,
-    created_at TEXT,
-    modified_at TEXT,
-    size INTEGER,
-    status TEXT NOT NULL,
-    chunk_count INTEGER NOT NULL DEFAULT 0,
-    meta TEXT NOT NULL DEFAULT '{}',
-    added_at REAL NOT NULL,
-    indexed_at REAL
-);
-CREATE INDEX IF NOT EXISTS documents_status ON documents(status);
-CREATE TABLE IF NOT EXISTS document_text(
-    doc_id INTEGER PRIMARY KEY REFERENCES documents(id) ON DELETE CASCADE,
-    text BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS sources(
-    id INTEGER PRIMARY KEY,
-    uri TEXT NOT NULL UNIQUE,
-    source_type TEXT NOT NULL,
-    doc_id INTEGER REFERENCES documents(id),
-    content_hash TEXT,
-    size INTEGER,
-    mtime_ns INTEGER,
-    status TEXT NOT NULL,
-    error TEXT,
-    first_seen REAL NOT NULL,
-    updated_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS sources_doc ON sources(doc_id);
-CREATE INDEX IF NOT EXISTS sources_status ON sources(status, updated_at);
-CREATE TABLE IF NOT EXISTS versions(
-    id INTEGER PRIMARY KEY,
-    source_id INTEGER NOT NULL REFERENCES sources(id) ON DELETE CASCADE,
-    content_hash TEXT NOT NULL,
-    seen_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS versions_source ON versions(source_id);
-CREATE TABLE IF NOT EXISTS chunks(
-    id TEXT PRIMARY KEY,
-    doc_id INTEGER NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
-    seq INTEGER NOT NULL,
-    text TEXT NOT NULL,
-    section TEXT,
-    page INTEGER,
-    page_end INTEGER,
-    char_start INTEGER NOT NULL,
-    char_end INTEGER NOT NULL,
-    t_start REAL,
-    t_end REAL,
-    ocr INTEGER NOT NULL DEFAULT 0,
-    n_tokens INTEGER NOT NULL DEFAULT 0,
-    UNIQUE(doc_id, seq)
-);
-CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(
-    text, section, content='chunks', content_rowid='rowid', tokenize='porter unicode61'
-);
-CREATE TRIGGER IF NOT EXISTS chunks_ai AFTER INSERT ON chunks BEGIN
-    INSERT INTO chunks_fts(rowid, text, section) VALUES (new.rowid, new.text, coalesce(new.section, ''));
-END;
-CREATE TRIGGER IF NOT EXISTS chunks_ad AFTER DELETE ON chunks BEGIN
-    INSERT INTO chunks_fts(chunks_fts, rowid, text, section)
-        VALUES ('delete', old.rowid, old.text, coalesce(old.section, ''));
-END;
-"""
-
 
 @dataclass(frozen=True)
 class ChunkRecord:
@@ -148,6 +71,7 @@ class DocumentRecord:
     added_at: float
     indexed_at: float | None
     paths: list[str] = field(default_factory=list)
+    pipeline_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -164,6 +88,25 @@ class SourceRecord:
     status: str
     error: str | None
     updated_at: float
+    warning: str | None = None
+    parent_uri: str | None = None
+
+    @property
+    def kept_previous(self) -> bool:
+        """A failed update whose previous version is still indexed and searchable."""
+        return self.status == SRC_FAILED and self.doc_id is not None
+
+
+@dataclass(frozen=True)
+class Link:
+    """A source to point at a finished document, with the facts known about it."""
+
+    uri: str
+    source_type: str = "file"
+    size: int | None = None
+    mtime_ns: int | None = None
+    parent_uri: str | None = None
+    warning: str | None = None
 
 
 def chunk_id(content_hash: str, seq: int) -> str:
@@ -171,29 +114,39 @@ def chunk_id(content_hash: str, seq: int) -> str:
     return f"{content_hash[:24]}-{seq:05d}"
 
 
+def _connect(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+    db.row_factory = sqlite3.Row
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("PRAGMA foreign_keys=ON")
+    db.execute("PRAGMA busy_timeout=10000")
+    return db
+
+
 class Catalog:
-    """Thread-safe access to the catalog database (one connection, serialised by a lock)."""
+    """Thread-safe access to the catalog database.
+
+    Writes go through one connection serialised by a lock; plain reads use a second connection (WAL lets
+    them run beside a write), so a long write does not stall a search or a status request.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-            self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.execute("PRAGMA busy_timeout=10000")
-            self._db.executescript(_SCHEMA)
+            self._db = _connect(path)
+            migrate(self._db)
+            self._rdb = _connect(path)
         except sqlite3.DatabaseError as exc:
-            raise CatalogError(f"cannot open catalog {path}: {exc}") from exc
+            raise CatalogError(f"cannot open the catalog {path}: {exc}") from exc
         self._lock = threading.RLock()
-        if self.get_meta("schema_version") is None:
-            self.set_meta("schema_version", str(SCHEMA_VERSION))
+        self._rlock = threading.Lock()
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._rlock:
             self._db.close()
+            self._rdb.close()
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -209,6 +162,11 @@ class Catalog:
                 self._db.execute("COMMIT")
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._rlock:
+            return self._rdb.execute(sql, params).fetchall()
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """One statement on the write connection (its own transaction)."""
         with self._lock:
             return self._db.execute(sql, params).fetchall()
 
@@ -241,30 +199,41 @@ class Catalog:
 
     def record_failure(
         self, uri: str, source_type: str, error: str, *, size: int | None, mtime_ns: int | None,
-        content_hash: str | None,
-    ) -> list[int]:
-        """Mark a source failed. It keeps nothing of a previous version; returns documents now unreferenced.
+    ) -> None:
+        """Mark a source failed, keeping any previous good version searchable beside the error.
 
-        A file that became unreadable no longer shows its old text: search must reflect the library.
+        A file that fails now (half-written, a timeout under load, turned corrupt) must not destroy what
+        was indexed from it; the size and time of the failed attempt are kept so a scan does not queue the
+        same bytes again (the job's own retries do that), while a further change does.
         """
+        error = safe_text(error)
         with self.transaction() as db:
-            old = db.execute("SELECT id, doc_id FROM sources WHERE uri=?", (uri,)).fetchone()
-            self._upsert_source(
-                db, uri, source_type, None, content_hash, size, mtime_ns, SRC_FAILED, error
-            )
-            if old and old["doc_id"] is not None:
-                return self._mark_if_unreferenced(db, [old["doc_id"]])
-        return []
+            row = db.execute("SELECT id FROM sources WHERE uri=?", (uri,)).fetchone()
+            now = time.time()
+            if row is None:
+                db.execute(
+                    "INSERT INTO sources(uri, source_type, doc_id, content_hash, size, mtime_ns, status, error,"
+                    " first_seen, updated_at) VALUES (?,?,NULL,NULL,?,?,?,?,?,?)",
+                    (uri, source_type, size, mtime_ns, SRC_FAILED, error, now, now),
+                )
+            else:
+                db.execute(
+                    "UPDATE sources SET size=?, mtime_ns=?, status=?, error=?, warning=NULL, updated_at=?"
+                    " WHERE id=?",
+                    (size, mtime_ns, SRC_FAILED, error, now, row["id"]),
+                )
 
     def link_source(
         self, uri: str, source_type: str, doc_id: int, *, content_hash: str, size: int | None,
-        mtime_ns: int | None, status: str,
+        mtime_ns: int | None, status: str, parent_uri: str | None = None, warning: str | None = None,
     ) -> list[int]:
         """Point a source at a document; returns the ids of documents that lost their last source."""
         with self.transaction() as db:
             old = db.execute("SELECT doc_id FROM sources WHERE uri=?", (uri,)).fetchone()
             error = "no text found in the file" if status == SRC_EMPTY else None
-            self._upsert_source(db, uri, source_type, doc_id, content_hash, size, mtime_ns, status, error)
+            self._upsert_source(
+                db, uri, source_type, doc_id, content_hash, size, mtime_ns, status, error, parent_uri, warning
+            )
             if old and old["doc_id"] is not None and old["doc_id"] != doc_id:
                 return self._mark_if_unreferenced(db, [old["doc_id"]])
         return []
@@ -297,14 +266,16 @@ class Catalog:
     def _upsert_source(
         self, db: sqlite3.Connection, uri: str, source_type: str, doc_id: int | None,
         content_hash: str | None, size: int | None, mtime_ns: int | None, status: str, error: str | None,
+        parent_uri: str | None = None, warning: str | None = None,
     ) -> None:
         now = time.time()
         row = db.execute("SELECT id, content_hash FROM sources WHERE uri=?", (uri,)).fetchone()
         if row is None:
             cur = db.execute(
                 "INSERT INTO sources(uri, source_type, doc_id, content_hash, size, mtime_ns, status, error,"
-                " first_seen, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (uri, source_type, doc_id, content_hash, size, mtime_ns, status, error, now, now),
+                " first_seen, updated_at, parent_uri, warning) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (uri, source_type, doc_id, content_hash, size, mtime_ns, status, error, now, now, parent_uri,
+                 warning),
             )
             source_id = cur.lastrowid
             changed = content_hash is not None
@@ -313,8 +284,9 @@ class Catalog:
             changed = content_hash is not None and content_hash != row["content_hash"]
             db.execute(
                 "UPDATE sources SET source_type=?, doc_id=?, content_hash=?, size=?, mtime_ns=?, status=?,"
-                " error=?, updated_at=? WHERE id=?",
-                (source_type, doc_id, content_hash, size, mtime_ns, status, error, now, source_id),
+                " error=?, updated_at=?, parent_uri=coalesce(?, parent_uri), warning=? WHERE id=?",
+                (source_type, doc_id, content_hash, size, mtime_ns, status, error, now, parent_uri, warning,
+                 source_id),
             )
         if changed:
             db.execute(
@@ -363,67 +335,137 @@ class Catalog:
         return [r["id"] for r in self._query(f"SELECT id FROM documents WHERE status IN ({marks})", statuses)]
 
     def unreferenced_documents(self) -> list[int]:
-        """Documents no source points at (e.g. a crash between relinking and deleting)."""
+        """Finished documents no source points at (e.g. a crash between relinking and deleting)."""
         rows = self._query(
-            "SELECT d.id FROM documents d WHERE d.status != ? AND NOT EXISTS"
+            "SELECT d.id FROM documents d WHERE d.status IN (?, ?) AND NOT EXISTS"
             " (SELECT 1 FROM sources s WHERE s.doc_id = d.id)",
-            (DOC_DELETING,),
+            (DOC_INDEXED, DOC_EMPTY),
         )
         return [r["id"] for r in rows]
 
     def insert_document(
         self, *, content_hash: str, kind: str, file_type: str, title: str | None, author: str | None,
         created_at: str | None, modified_at: str | None, size: int | None, meta: dict[str, Any],
-        text: str, chunks: Sequence[ChunkRecord],
+        text: str, chunks: Sequence[ChunkRecord], pipeline_version: str | None = None,
+        claim_job: int | None = None,
     ) -> int:
-        """Write a document and all its chunks in one transaction, status 'indexing' (vectors follow)."""
-        status = DOC_INDEXING if chunks else DOC_EMPTY
+        """Write a document and all its chunks in one transaction, status 'indexing' (vectors follow).
+
+        `claim_job` names the job writing it: recovery never purges a document whose job is still alive.
+        """
         with self.transaction() as db:
             cur = db.execute(
                 "INSERT INTO documents(content_hash, kind, file_type, title, author, created_at,"
-                " modified_at, size, status, chunk_count, meta, added_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (content_hash, kind, file_type, title, author, created_at, modified_at, size, status,
-                 len(chunks), json.dumps(meta, default=str), time.time()),
+                " modified_at, size, status, chunk_count, meta, added_at, pipeline_version, claim_job)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (content_hash, kind, file_type, safe_text(title) if title else None, author, created_at,
+                 modified_at, size, DOC_INDEXING, len(chunks), json.dumps(meta, default=str), time.time(),
+                 pipeline_version, claim_job),
             )
             doc_id = int(cur.lastrowid or 0)
             db.execute(
                 "INSERT INTO document_text(doc_id, text) VALUES (?, ?)",
-                (doc_id, zlib.compress(text.encode("utf-8"), 6)),
+                (doc_id, zlib.compress(text.encode("utf-8", "replace"), 6)),
             )
-            db.executemany(
-                "INSERT INTO chunks(id, doc_id, seq, text, section, page, page_end, char_start, char_end,"
-                " t_start, t_end, ocr, n_tokens) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                [
-                    (c.id, doc_id, c.seq, c.text, c.section, c.page, c.page_end, c.char_start, c.char_end,
-                     c.t_start, c.t_end, int(c.ocr), c.n_tokens)
-                    for c in chunks
-                ],
-            )
+            self._insert_chunks(db, doc_id, chunks)
         return doc_id
 
-    def finish_document(self, doc_id: int, links: Sequence[tuple[str, str, int | None, int | None]],
-                        content_hash: str) -> list[int]:
-        """Mark a document indexed and point its sources (uri, type, size, mtime) at it, atomically.
+    def _insert_chunks(self, db: sqlite3.Connection, doc_id: int, chunks: Sequence[ChunkRecord]) -> None:
+        # safe_text: a lone surrogate from a badly decoded source must not fail the whole document
+        db.executemany(
+            "INSERT INTO chunks(id, doc_id, seq, text, section, page, page_end, char_start, char_end,"
+            " t_start, t_end, ocr, n_tokens) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            [
+                (c.id, doc_id, c.seq, safe_text(c.text), safe_text(c.section) if c.section else None, c.page,
+                 c.page_end, c.char_start, c.char_end, c.t_start, c.t_end, int(c.ocr), c.n_tokens)
+                for c in chunks
+            ],
+        )
+
+    def replace_document(
+        self, doc_id: int, *, kind: str, file_type: str, title: str | None, author: str | None,
+        created_at: str | None, modified_at: str | None, meta: dict[str, Any], text: str,
+        chunks: Sequence[ChunkRecord], pipeline_version: str | None, claim_job: int | None,
+    ) -> None:
+        """A re-parse of the same bytes with a newer parser: new chunks under the same document id."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM chunks WHERE doc_id=?", (doc_id,))
+            db.execute(
+                "UPDATE documents SET kind=?, file_type=?, title=?, author=?, created_at=?, modified_at=?, meta=?,"
+                " status=?, chunk_count=?, pipeline_version=?, claim_job=? WHERE id=?",
+                (kind, file_type, safe_text(title) if title else None, author, created_at, modified_at,
+                 json.dumps(meta, default=str), DOC_INDEXING, len(chunks), pipeline_version, claim_job, doc_id),
+            )
+            db.execute(
+                "INSERT OR REPLACE INTO document_text(doc_id, text) VALUES (?, ?)",
+                (doc_id, zlib.compress(text.encode("utf-8", "replace"), 6)),
+            )
+            self._insert_chunks(db, doc_id, chunks)
+
+    def finish_document(self, doc_id: int, links: Sequence[Link], content_hash: str) -> list[int]:
+        """Mark a document indexed (or empty) and point its sources at it, atomically; release its claim.
 
         Returns documents that lost their last source (previous versions), to be purged.
         """
         with self.transaction() as db:
-            row = db.execute("SELECT status FROM documents WHERE id=?", (doc_id,)).fetchone()
-            empty = row is not None and row["status"] == DOC_EMPTY
+            row = db.execute("SELECT chunk_count FROM documents WHERE id=?", (doc_id,)).fetchone()
+            empty = row is None or not row["chunk_count"]
             db.execute(
-                "UPDATE documents SET status=?, indexed_at=? WHERE id=?",
+                "UPDATE documents SET status=?, indexed_at=?, claim_job=NULL WHERE id=?",
                 (DOC_EMPTY if empty else DOC_INDEXED, time.time(), doc_id),
             )
+            db.execute("DELETE FROM content_claims WHERE content_hash=?", (content_hash,))
             old: list[int] = []
-            for uri, source_type, size, mtime_ns in links:
-                prev = db.execute("SELECT doc_id FROM sources WHERE uri=?", (uri,)).fetchone()
+            for ln in links:
+                prev = db.execute("SELECT doc_id FROM sources WHERE uri=?", (ln.uri,)).fetchone()
                 if prev and prev["doc_id"] is not None and prev["doc_id"] != doc_id:
                     old.append(prev["doc_id"])
                 self._upsert_source(
-                    db, uri, source_type, doc_id, content_hash, size, mtime_ns,
+                    db, ln.uri, ln.source_type, doc_id, content_hash, ln.size, ln.mtime_ns,
                     SRC_EMPTY if empty else SRC_INDEXED, "no text found in the file" if empty else None,
+                    ln.parent_uri, ln.warning,
                 )
             return self._mark_if_unreferenced(db, old)
+
+    # -- content claims ---------------------------------------------------------------------------
+    def claim_content(self, content_hash: str, job_id: int) -> int | None:
+        """Take the right to parse this content; returns the job id of a running job that holds it.
+
+        Two workers meeting the same bytes at once: the first claims and parses, the second waits for it
+        and links to the finished document, instead of both failing on the content-hash constraint.
+        """
+        with self.transaction() as db:
+            row = db.execute("SELECT job_id FROM content_claims WHERE content_hash=?", (content_hash,)).fetchone()
+            if row is not None and row["job_id"] != job_id:
+                holder = db.execute("SELECT state FROM jobs WHERE id=?", (row["job_id"],)).fetchone()
+                if holder is not None and holder["state"] == "running":
+                    return int(row["job_id"])
+            db.execute(
+                "INSERT OR REPLACE INTO content_claims(content_hash, job_id, claimed_at) VALUES (?,?,?)",
+                (content_hash, job_id, time.time()),
+            )
+        return None
+
+    def release_claims(self, job_id: int) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM content_claims WHERE job_id=?", (job_id,))
+
+    def abandoned_documents(self) -> list[int]:
+        """Documents half-written by a job that is no longer queued or running (recovery purges them)."""
+        rows = self._query(
+            "SELECT d.id FROM documents d WHERE d.status = ? AND NOT EXISTS"
+            " (SELECT 1 FROM jobs j WHERE j.id = d.claim_job AND j.state IN ('queued', 'running'))",
+            (DOC_INDEXING,),
+        )
+        return [r["id"] for r in rows]
+
+    def resumable_document(self, content_hash: str, job_id: int) -> DocumentRecord | None:
+        """A document this job started writing before a crash: its chunks are kept, vectors may be partial."""
+        rows = self._query(
+            "SELECT * FROM documents WHERE content_hash=? AND status=? AND claim_job=?",
+            (content_hash, DOC_INDEXING, job_id),
+        )
+        return _document(rows[0]) if rows else None
 
     def set_document_status(self, doc_id: int, status: str) -> None:
         with self.transaction() as db:
@@ -469,6 +511,22 @@ class Catalog:
             yield [_chunk(r) for r in rows]
             last = rows[-1]["id"]
 
+    def finished_chunk_ids(self) -> set[str]:
+        """Chunk ids of indexed documents: each must have a vector."""
+        rows = self._query(
+            "SELECT c.id FROM chunks c JOIN documents d ON d.id=c.doc_id WHERE d.status=?", (DOC_INDEXED,)
+        )
+        return {r["id"] for r in rows}
+
+    def doc_ids_of_chunks(self, ids: Iterable[str]) -> set[int]:
+        ids = list(ids)
+        out: set[int] = set()
+        for i in range(0, len(ids), 500):
+            part = ids[i : i + 500]
+            marks = ",".join("?" * len(part))
+            out.update(r["doc_id"] for r in self._query(f"SELECT doc_id FROM chunks WHERE id IN ({marks})", part))
+        return out
+
     def all_chunk_ids(self) -> set[str]:
         return {r["id"] for r in self._query("SELECT id FROM chunks")}
 
@@ -501,11 +559,16 @@ class Catalog:
         }
         doc_status = {r["status"]: r["n"] for r in q("SELECT status, count(*) n FROM documents GROUP BY status")}
         failures = [
-            {"path": r["uri"], "error": r["error"], "at": r["updated_at"]}
+            {"path": r["uri"], "error": r["error"], "at": r["updated_at"], "kept_previous": r["doc_id"] is not None}
             for r in q(
-                "SELECT uri, error, updated_at FROM sources WHERE status=? ORDER BY updated_at DESC LIMIT 20",
+                "SELECT uri, error, updated_at, doc_id FROM sources WHERE status=?"
+                " ORDER BY updated_at DESC LIMIT 20",
                 (SRC_FAILED,),
             )
+        ]
+        warnings = [
+            {"path": r["uri"], "warning": r["warning"]}
+            for r in q("SELECT uri, warning FROM sources WHERE warning IS NOT NULL ORDER BY updated_at DESC LIMIT 20")
         ]
         return {
             "sources": sum(by_status.values()),
@@ -516,8 +579,22 @@ class Catalog:
             "documents_by_status": doc_status,
             "chunks": self.chunk_count(),
             "failures": failures,
+            "warnings": warnings,
             "failed": by_status.get(SRC_FAILED, 0),
         }
+
+    def outdated_documents(self, current: dict[str, str]) -> list[int]:
+        """Documents whose recorded parser or chunker version is not the current one for their parser.
+
+        `current` maps a parser name to its current 'name/version+chunker/N' string.
+        """
+        out = []
+        for r in self._query("SELECT id, pipeline_version FROM documents WHERE status IN ('indexed', 'empty')"):
+            v = r["pipeline_version"]
+            name = (v or "").split("/", 1)[0]
+            if v is None or (name in current and current[name] != v):
+                out.append(int(r["id"]))
+        return out
 
 
 def _fts_query(text: str) -> str:
@@ -534,7 +611,7 @@ def _source(r: sqlite3.Row) -> SourceRecord:
     return SourceRecord(
         id=r["id"], uri=r["uri"], source_type=r["source_type"], doc_id=r["doc_id"],
         content_hash=r["content_hash"], size=r["size"], mtime_ns=r["mtime_ns"], status=r["status"],
-        error=r["error"], updated_at=r["updated_at"],
+        error=r["error"], updated_at=r["updated_at"], warning=r["warning"], parent_uri=r["parent_uri"],
     )
 
 
@@ -543,7 +620,7 @@ def _document(r: sqlite3.Row) -> DocumentRecord:
         id=r["id"], content_hash=r["content_hash"], kind=r["kind"], file_type=r["file_type"],
         title=r["title"], author=r["author"], created_at=r["created_at"], modified_at=r["modified_at"],
         size=r["size"], status=r["status"], chunk_count=r["chunk_count"], meta=json.loads(r["meta"]),
-        added_at=r["added_at"], indexed_at=r["indexed_at"],
+        added_at=r["added_at"], indexed_at=r["indexed_at"], pipeline_version=r["pipeline_version"],
     )
 
 

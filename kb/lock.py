@@ -1,36 +1,50 @@
-"""One writer per data directory: concurrent ingests would interleave Chroma writes from two processes."""
+"""One owner of writes per data directory: the process holding this lock (released by the OS on kill -9)."""
 
 from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-from kb.errors import KbError
+
+class WriteLock:
+    """The data directory's write lock, held until `release()` or process exit."""
+
+    def __init__(self, fd: int, path: Path) -> None:
+        self._fd: int | None = fd
+        self.path = path
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> WriteLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
-class BusyError(KbError):
-    """Another process holds the data directory's write lock."""
-
-
-@contextmanager
-def write_lock(data_dir: Path) -> Iterator[None]:
-    """Hold the data directory's write lock (released by the OS even on kill -9)."""
+def try_lock(data_dir: Path) -> WriteLock | None:
+    """Take the write lock if no other process holds it; None when one does."""
     data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / ".write.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise BusyError(
-                f"another kb process (pid {holder}) is writing to {data_dir}; try again when it finishes"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        yield
-    finally:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
         os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return WriteLock(fd, path)
+
+
+def holder(data_dir: Path) -> int | None:
+    """The pid recorded by the current holder of the lock (for messages), if any."""
+    try:
+        text = (data_dir / ".write.lock").read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None

@@ -43,8 +43,30 @@ class Settings(BaseSettings):
     chunk_tokens: int = Field(192, ge=32, le=2048, description="Target word pieces per chunk.")
 
     max_file_mb: float = Field(200.0, gt=0, description="Files larger than this are refused.")
-    parse_timeout_s: float = Field(600.0, gt=0, description="A single file's parse is abandoned after this.")
-    workers: int = Field(1, ge=0, le=64, description="Parser processes; 0 parses in the main process.")
+    max_unpacked_mb: float = Field(1024.0, gt=0, description="Office/e-book files unpacking to more are refused.")
+    max_pages: int = Field(2000, ge=1, description="Pages read from one PDF or TIFF; the rest is skipped.")
+    max_chunks: int = Field(20000, ge=1, description="Passages kept from one document; the rest is dropped.")
+    parse_timeout_s: float = Field(
+        600.0, gt=0, description="A parse that reports no progress for this long is stopped."
+    )
+    parse_max_s: float = Field(6 * 3600.0, gt=0, description="Any single parse is stopped after this long.")
+    parse_memory_mb: int = Field(4096, ge=256, description="Memory ceiling of a parser process.")
+    parse_recycle_mb: int = Field(
+        1536, ge=128, description="A parser process grown past this is replaced after its file."
+    )
+    workers: int = Field(
+        1, ge=0, le=64, description="Parser processes for documents; 0 parses in the main process (tests)."
+    )
+    slow_workers: int = Field(1, ge=1, le=16, description="Parser processes for recordings and big files.")
+    slow_lane_mb: float = Field(
+        30.0, gt=0, description="Files above this size (and all recordings) go to the slow lane."
+    )
+    job_max_attempts: int = Field(5, ge=1, le=100, description="Tries for work that failed for a passing reason.")
+    job_retry_base_s: float = Field(15.0, gt=0, description="First retry delay; doubles on every attempt.")
+    mass_delete_ratio: float = Field(
+        0.5, gt=0, le=1, description="A scan that would forget more than this share of a folder asks first."
+    )
+    mass_delete_min: int = Field(20, ge=1, description="...but only when that is at least this many files.")
     threads: int = Field(0, ge=0, le=256, description="CPU threads for models; 0 means all cores.")
 
     ocr_languages: str = Field("eng", description="Tesseract languages, e.g. 'eng+deu'.")
@@ -105,6 +127,19 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.data_dir / "models"
+
+    @property
+    def socket_path(self) -> Path:
+        """The service's API socket, in a folder only this user can enter (so only their kb commands
+        can talk to it). Unix socket paths are limited to ~107 bytes: deep data dirs use the temp dir."""
+        path = self.data_dir.resolve() / ".run" / "kb.sock"
+        if len(os.fsencode(path)) <= 100:
+            return path
+        import hashlib
+        import tempfile
+
+        digest = hashlib.sha256(os.fsencode(self.data_dir.resolve())).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / f"kb-{os.getuid()}-{digest}" / "kb.sock"
 
     @property
     def max_file_bytes(self) -> int:

@@ -1,23 +1,41 @@
-"""The composition root: builds every component from the settings, once, and wires them together."""
+"""The composition root: builds every component from the settings, once, and wires them together.
+
+The App is also the library's one interface for people (the `Library` protocol in server/api.py): the
+CLI calls it directly when it owns the data directory, and through the service's API when a service does.
+"""
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import Callable, Sequence
 from functools import cached_property
+from pathlib import Path
+from typing import Any
 
+from ingest.handlers import ForgetHandler, IngestHandler, ScanHandler
 from ingest.parsers.base import ParserRegistry
-from ingest.parsing import ParseConfig, ParseService
-from ingest.pipeline import Ingestor
+from ingest.parsing import InlineParser, ParseConfig, ParserProcess
+from ingest.recovery import RecoveryReport, RepairHandler, recover
+from ingest.reindex import ReindexHandler, drop_stale_collections
+from ingest.scan import Scanner
+from ingest.store import Store
 from kb.catalog import Catalog
 from kb.embedding import Embedder, SentenceTransformerEmbedder
-from kb.errors import IndexMismatchError
-from kb.index import VectorIndex
+from kb.errors import IndexMismatchError, KbError
+from kb.index import VectorIndex, VectorStore
+from kb.jobs import FAILED, HELD, LANE_FAST, LANE_MAINT, LANE_SLOW, QUEUED, RUNNING, JobQueue
 from kb.models import offline_environment
+from kb.paths import absolute, display, to_uri
 from kb.settings import Settings
-from retrieval.search import Searcher
+from kbapp.runner import Runner
+from retrieval.search import Searcher, where_clause
+
+log = logging.getLogger(__name__)
 
 
-def build_registry(config: ParseConfig) -> ParserRegistry:
-    """Module-level so worker processes can import it: each builds its own registry."""
+def parse_registry(config: ParseConfig) -> ParserRegistry:
+    """The registry factory parser processes use (module-level: it is pickled by name)."""
     from ingest.parsers.registry import default_registry
 
     return default_registry(config)
@@ -31,9 +49,15 @@ class App:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.catalog = Catalog(settings.catalog_path)
+        self.jobs = JobQueue(
+            self.catalog, retry_base_s=settings.job_retry_base_s, max_attempts=settings.job_max_attempts
+        )
         self._embedder = embedder
         self._index: VectorIndex | None = None
+        self._index_lock = threading.Lock()
+        self._runner: Runner | None = None
 
+    # -- components -------------------------------------------------------------------------------
     @cached_property
     def embedder(self) -> Embedder:
         if self._embedder is None:
@@ -43,73 +67,291 @@ class App:
             )
         return self._embedder
 
-    def check_model(self) -> None:
-        """Refuse to mix vectors of two models: the catalog remembers which one built the index."""
-        built = self.catalog.get_meta("embed_model")
-        if built is not None and built != self.embedder.name and self.catalog.chunk_count():
-            raise IndexMismatchError(
-                f"the index was built with embedding model '{built}' but the settings ask for "
-                f"'{self.embedder.name}'; run `kb reindex` to rebuild the vectors with the new model"
-            )
+    @cached_property
+    def vectors(self) -> VectorStore:
+        return VectorStore.open(path=self.settings.chroma_dir, url=self.settings.chroma_url)
 
-    def index(self, *, rebuilding: bool = False) -> VectorIndex:
-        if rebuilding or self._index is None:
-            if not rebuilding:
-                self.check_model()
-            e = self.embedder
-            self._index = VectorIndex.open(
-                path=self.settings.chroma_dir, url=self.settings.chroma_url, model_name=e.name, dim=e.dim,
-                rebuild=rebuilding,
-            )
-            if self.catalog.get_meta("embed_model") is None:
-                self.catalog.set_meta("embed_model", e.name)
-                self.catalog.set_meta("embed_dim", str(e.dim))
-        return self._index
+    def index(self) -> VectorIndex:
+        """The current collection; a finished reindex swaps it, and every caller picks up the new one."""
+        with self._index_lock:
+            if self._index is None:
+                name = self.catalog.get_meta("collection")
+                assert name is not None  # set by the catalog's migrations
+                e = self.embedder
+                index = self.vectors.collection(name, e.name, e.dim)
+                index.check_model()
+                if self.catalog.get_meta("embed_model") is None:
+                    self.catalog.set_meta("embed_model", e.name)
+                    self.catalog.set_meta("embed_dim", str(e.dim))
+                self._index = index
+            return self._index
+
+    def _swap_index(self, new: VectorIndex) -> None:
+        with self._index_lock:
+            self._index = new
 
     @cached_property
-    def parse_service(self) -> ParseService:
+    def parse_config(self) -> ParseConfig:
         s = self.settings
         tokenizer_dir = getattr(self.embedder, "model_dir", None)
-        config = ParseConfig(
+        parsers = max(1, s.workers + s.slow_workers)
+        return ParseConfig(
             tokenizer_dir=str(tokenizer_dir) if tokenizer_dir else None,
             max_tokens=self.embedder.max_tokens,
             target_tokens=s.chunk_tokens,
-            max_unpacked_bytes=max(s.max_file_bytes * 20, 512 * 2**20),
+            max_unpacked_bytes=int(s.max_unpacked_mb * 2**20),
             ocr_languages=s.ocr_languages,
-            threads=max(1, s.cpu_threads() // max(1, s.workers)),
+            threads=max(1, s.cpu_threads() // parsers),
             whisper_model=s.whisper_model,
             whisper_language=s.whisper_language,
             models_dir=str(s.models_dir),
-            progress_db=str(s.catalog_path),
+            max_pages=s.max_pages,
+            max_chunks=s.max_chunks,
         )
-        chunker = None
-        if tokenizer_dir is None:  # a test embedder: size chunks with its own counter
+
+    def _chunker(self) -> Any:
+        if getattr(self.embedder, "model_dir", None) is None:  # a test embedder: size chunks with its counter
             from ingest.chunking import Chunker
 
-            chunker = Chunker(self.embedder.count_tokens, self.embedder.max_tokens, s.chunk_tokens)
-        return ParseService(
-            config, build_registry, workers=s.workers, timeout_s=s.parse_timeout_s, chunker=chunker
+            return Chunker(self.embedder.count_tokens, self.embedder.max_tokens, self.settings.chunk_tokens)
+        return None
+
+    @cached_property
+    def inline_parser(self) -> InlineParser:
+        """Parsing in this process: the registry for cheap questions, and all parsing when workers=0."""
+        return InlineParser(self.parse_config, parse_registry, chunker=self._chunker())
+
+    def registry(self) -> ParserRegistry:
+        return self.inline_parser.registry()
+
+    def new_parser(self, lane: str) -> Any:
+        """A parser for one worker thread: its own process, or the inline parser when workers=0."""
+        s = self.settings
+        if s.workers == 0:
+            return self.inline_parser
+        return ParserProcess(
+            self.parse_config, parse_registry, memory_mb=s.parse_memory_mb, stall_timeout_s=s.parse_timeout_s,
+            max_seconds=s.parse_max_s, recycle_mb=s.parse_recycle_mb,
         )
 
     @cached_property
-    def ingestor(self) -> Ingestor:
-        return Ingestor(
-            self.catalog, self.index, self.embedder, self.parse_service,
-            max_file_bytes=self.settings.max_file_bytes, embed_batch=max(256, self.settings.embed_batch_size * 32),
-        )
+    def store(self) -> Store:
+        return Store(self.catalog, self.index, self.embedder)
 
-    def reindexer(self) -> Ingestor:
-        """An ingestor whose index is opened for a rebuild (model changes allowed)."""
-        return Ingestor(
-            self.catalog, lambda: self.index(rebuilding=True), self.embedder, self.parse_service,
-            max_file_bytes=self.settings.max_file_bytes,
+    @cached_property
+    def scanner(self) -> Scanner:
+        s = self.settings
+        return Scanner(
+            self.catalog, self.jobs, slow_lane_bytes=int(s.slow_lane_mb * 2**20),
+            mass_delete_ratio=s.mass_delete_ratio, mass_delete_min=s.mass_delete_min,
         )
 
     @cached_property
     def searcher(self) -> Searcher:
         return Searcher(self.catalog, self.index, self.embedder)
 
+    def handlers(self) -> dict[str, Any]:
+        return {
+            "ingest": IngestHandler(
+                self.catalog, self.store, self.registry, max_file_bytes=self.settings.max_file_bytes
+            ),
+            "forget": ForgetHandler(self.catalog, self.store),
+            "scan": ScanHandler(self.scanner, self.jobs),
+            "repair": RepairHandler(self.catalog, self.store),
+            "reindex": ReindexHandler(self.catalog, lambda: self.vectors, self.embedder, self.store, self._swap_index),
+        }
+
+    # -- running ----------------------------------------------------------------------------------
+    def recover(self) -> RecoveryReport:
+        """Once, when this process becomes the owner of writes (service start, or a one-off command).
+
+        The two-way check of catalog against Chroma reads every id: it runs when the last owner did not
+        stop cleanly (or never recorded that it did, as a catalog from before this version).
+        """
+        full = self.catalog.get_meta("owner_clean") != "1"
+        self.catalog.set_meta("owner_clean", "0")
+        self._rollback_abandoned_reindex()
+        report = recover(self.catalog, self.jobs, self.store, full=full)
+        drop_stale_collections(self.catalog, self.vectors)
+        return report
+
+    def mark_clean(self) -> None:
+        """The owner stops cleanly: the next start can skip the full reconciliation."""
+        if not self.jobs.jobs([RUNNING], limit=1):
+            self.catalog.set_meta("owner_clean", "1")
+
+    def _rollback_abandoned_reindex(self) -> None:
+        target = self.catalog.get_meta("reindex_target")
+        if target is None:
+            return
+        job = self.jobs.by_key("reindex")
+        if job is None or job.state not in (QUEUED, RUNNING):
+            log.warning("dropping the unfinished rebuild %s (its job is gone)", target)
+            self.vectors.drop(target)
+            self.catalog.execute("DELETE FROM meta WHERE key='reindex_target'")
+
+    def start_workers(self, batch: str | None = None) -> Runner:
+        s = self.settings
+        lanes = {LANE_FAST: max(1, s.workers), LANE_SLOW: s.slow_workers, LANE_MAINT: 1}
+        self._runner = Runner(self.jobs, self.handlers(), lanes, self.new_parser, batch=batch)
+        self._runner.start()
+        return self._runner
+
+    def stop_workers(self, grace_s: float = 10.0) -> None:
+        if self._runner is not None:
+            self._runner.stop(grace_s)
+            self._runner = None
+
+    def run_batch(self, batch: str, on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Do one batch's work in this process (no service running) and return its final state."""
+        runner = self.start_workers(batch=batch)
+        try:
+            while True:
+                state = self.batch(batch)
+                assert state is not None
+                if on_progress is not None:
+                    on_progress(state)
+                if state["complete"]:
+                    return state
+                self.jobs.wait(0.2)
+        finally:
+            runner.stop(grace_s=0)
+
+    # -- one-off work in this process (tests, and the CLI when no service runs) ------------------
+    def ingest(self, paths: Sequence[Path | str], *, force: bool = False, mirror: bool = True) -> dict[str, Any]:
+        """Ingest files and folders now, in this process; returns the summary (added, failed, ...)."""
+        from kbapp.report import summarize
+
+        state = self.run_batch(self.submit_ingest([str(p) for p in paths], force=force, mirror=mirror))
+        return summarize(state)
+
+    def forget(self, paths: Sequence[Path | str]) -> int:
+        state = self.run_batch(self.submit_forget([str(p) for p in paths]))
+        return int(state["outcomes"].get("removed", 0))
+
+    def reindex(self, *, reparse: bool = False) -> dict[str, Any]:
+        return self.run_batch(self.submit_reindex(reparse=reparse))
+
+    # -- the library's operations (the Library protocol) -----------------------------------------
+    def submit_ingest(self, paths: Sequence[str], *, force: bool = False, mirror: bool = True) -> str:
+        """Queue a scan of files and folders; its jobs join the returned batch."""
+        uris = [to_uri(absolute(Path(p))) for p in paths]
+        batch = self.jobs.new_batch("ingest", {"paths": [display(u) for u in uris]})
+        payload = {"paths": uris, "force": force, "mirror": mirror, "batch": batch}
+        self.jobs.submit("scan", key=f"scan:{batch}", payload=payload, lane=LANE_FAST, priority=-1, batch=batch)
+        return batch
+
+    def submit_scan(self, paths: Sequence[str], *, key: str) -> None:
+        """A background scan with no one waiting for it (the service's periodic inbox scan)."""
+        uris = [to_uri(absolute(Path(p))) for p in paths]
+        payload = {"paths": uris, "force": False, "mirror": True}
+        self.jobs.submit("scan", key=key, payload=payload, lane=LANE_FAST, priority=-1)
+
+    def submit_forget(self, paths: Sequence[str]) -> str:
+        uris = [to_uri(absolute(Path(p))) for p in paths]
+        batch = self.jobs.new_batch("forget", {"paths": [display(u) for u in uris]})
+        with self.jobs.transaction() as db:
+            for u in uris:
+                self.jobs.enqueue(db, "forget", u, lane=LANE_FAST, batch=batch)
+        return batch
+
+    def submit_reindex(self, *, reparse: bool = False) -> str:
+        """A rebuild of every vector; with reparse, a fresh parse of documents from older parser versions."""
+        batch = self.jobs.new_batch("reindex", {"reparse": reparse})
+        if reparse:
+            with self.jobs.transaction() as db:
+                for uri in self.outdated_sources():
+                    self.jobs.enqueue(db, "ingest", uri, payload={"force": True}, batch=batch)
+        else:
+            self.jobs.submit("reindex", key="reindex", lane=LANE_MAINT, batch=batch)
+        return batch
+
+    def outdated_sources(self) -> list[str]:
+        """One source of each document parsed by an older parser or chunker version."""
+        registry = self.registry()
+        from ingest.chunking import CHUNKER_VERSION
+
+        current = {
+            p.name: f"{registry.version_of(p)}+chunker/{CHUNKER_VERSION}" for p in registry.parsers()
+        }
+        docs = self.catalog.documents(self.catalog.outdated_documents(current))
+        return [d.paths[0] for d in docs.values() if d.paths]
+
+    def batch(self, batch: str) -> dict[str, Any] | None:
+        return self.jobs.batch(batch)
+
+    def retry(self, job_ids: Sequence[int] | None = None) -> int:
+        return self.jobs.retry(job_ids)
+
+    def held(self, *, confirm: bool | None = None) -> dict[str, Any]:
+        """Deletions waiting for confirmation; confirm=True runs them, False drops them."""
+        jobs = self.jobs.jobs([HELD], limit=100000)
+        if confirm is None:
+            return {"held": len(jobs), "paths": [display(j.uri or "") for j in jobs[:50]]}
+        return {"released" if confirm else "discarded": self.jobs.release_held(confirm=confirm)}
+
+    def search(
+        self, query: str, k: int = 5, kind: str | None = None, file_type: str | None = None
+    ) -> list[dict[str, Any]]:
+        hits = self.searcher.search(query, k=k, where=where_clause(kind, file_type))
+        out = []
+        for h in hits:
+            d = h.to_dict()
+            d["path"] = display(d["path"] or "")
+            d["paths"] = [display(p) for p in d["paths"]]
+            out.append(d)
+        return out
+
+    def status(self) -> dict[str, Any]:
+        stats: dict[str, Any] = self.catalog.stats()
+        stats["data_dir"] = str(self.settings.data_dir.resolve())
+        stats["embed_model"] = self.catalog.get_meta("embed_model")
+        stats["collection"] = self.catalog.get_meta("collection")
+        stats["jobs"] = self.jobs.counts()
+        stats["in_progress"] = [
+            {"path": display(j.uri or j.key), "action": j.action, "stage": j.stage, "done": j.done, "total": j.total}
+            for j in self.jobs.jobs([RUNNING], limit=50)
+        ]
+        stats["failed_jobs"] = [
+            {"id": j.id, "path": display(j.uri or j.key), "action": j.action, "error": j.last_error,
+             "attempts": j.attempts, "retry_at": j.run_after if j.state == QUEUED else None}
+            for j in self.jobs.jobs([FAILED], limit=20)
+        ] + [
+            {"id": j.id, "path": display(j.uri or j.key), "action": j.action, "error": j.last_error,
+             "attempts": j.attempts, "retry_at": j.run_after}
+            for j in self.jobs.jobs([QUEUED], limit=200) if j.last_error
+        ][:20]
+        stats["held"] = stats["jobs"].get(HELD, 0)
+        for f in stats["failures"]:
+            f["path"] = display(f["path"])
+        for w in stats["warnings"]:
+            w["path"] = display(w["path"])
+        return stats
+
+    def check(self) -> None:
+        """Open the index now, so a model mismatch or an unreachable Chroma is reported at start."""
+        try:
+            self.index()
+        except IndexMismatchError:
+            job = self.jobs.by_key("reindex")
+            if job is None or job.state not in (QUEUED, RUNNING):
+                raise
+
     def close(self) -> None:
-        if "parse_service" in self.__dict__:
-            self.parse_service.close()
+        self.stop_workers(grace_s=0)
+        if "inline_parser" in self.__dict__:
+            self.inline_parser.close()
         self.catalog.close()
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for a person, whatever went wrong (our errors, SQLite, Chroma, the OS)."""
+    import sqlite3
+
+    if isinstance(exc, KbError):
+        return str(exc)
+    if isinstance(exc, sqlite3.Error):
+        return f"catalog error: {exc}"
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or exc}" + (f": {display(str(exc.filename))}" if exc.filename else "")
+    return f"{type(exc).__name__}: {exc}"

@@ -1,7 +1,14 @@
-"""The `kb` command line: translates arguments into calls on the App and results into text or JSON."""
+"""The `kb` command line: translates arguments into calls on the library and results into text or JSON.
+
+Every command reaches the library one of two ways. If a service (`kb watch`) owns the data directory, the
+command is its client: work is queued there and followed until done. Otherwise the command becomes the
+owner for its duration (taking the write lock and serving the same API, so a second terminal can ask
+it). A person who simply used two terminals never sees "busy": at worst a short wait, said as such.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
@@ -13,19 +20,21 @@ from typing import Any, TypeVar
 import click
 
 from kb.errors import KbError
-from kb.lock import write_lock
 from kb.settings import Settings, load_settings
+from kbapp.report import summarize
 
 F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger(__name__)
 
 
 class Context:
-    """Lazily built settings and App, shared by the subcommands of one invocation."""
+    """Settings, and how this invocation reaches the library (built on first use, closed at exit)."""
 
     def __init__(self, overrides: dict[str, Any]) -> None:
         self.overrides = overrides
         self._settings: Settings | None = None
-        self._app: Any = None
+        self.owner: Any = None  # kbapp.service.Owner when this process owns the data directory
+        self.client: Any = None
 
     @property
     def settings(self) -> Settings:
@@ -33,29 +42,67 @@ class Context:
             self._settings = load_settings(**self.overrides)
         return self._settings
 
-    @property
-    def app(self) -> Any:
-        if self._app is None:
-            from kb.app import App
+    def library(self, *, writes: bool) -> Any:
+        """The service's client if one runs, else this process as the owner (waiting for a one-off peer)."""
+        from kb.lock import holder, try_lock
+        from kbapp.client import Client
 
-            self._app = App(self.settings)
-        return self._app
+        if self.owner is not None:
+            return self.owner.app
+        if self.client is not None:
+            return self.client
+        s = self.settings
+        said = False
+        started = time.monotonic()
+        while True:
+            lock = try_lock(s.data_dir)
+            if lock is not None:
+                from kbapp.app import App
+                from kbapp.service import Owner
+
+                try:
+                    # Read-only commands skip recovery and the API: they are over in a moment.
+                    self.owner = Owner(App(s), lock, serve=writes, recover=writes)
+                except BaseException:
+                    lock.release()
+                    raise
+                return self.owner.app
+            client = Client.connect(s.socket_path)
+            if client is not None:
+                self.client = client
+                return client
+            if not said and time.monotonic() - started > 1.0:
+                click.echo(f"kb: waiting for another kb command (pid {holder(s.data_dir) or '?'}) to finish…", err=True)
+                said = True
+            time.sleep(0.1)
 
     def close(self) -> None:
-        if self._app is not None:
-            self._app.close()
+        if self.client is not None:
+            self.client.close()
+        if self.owner is not None:
+            self.owner.close()
+            self.owner.app.close()
 
 
 def _errors(fn: F) -> F:
-    """Known errors become one clear line on stderr and exit code 2, not a traceback."""
-    import functools
+    """Any error becomes one clear line on stderr and exit code 2, never a traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except KbError as exc:
-            click.echo(f"kb: error: {exc}", err=True)
+        except click.exceptions.Exit:
+            raise
+        except (click.ClickException, click.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            click.echo("kb: interrupted", err=True)
+            sys.exit(130)
+        except Exception as exc:
+            from kbapp.app import describe_error
+
+            log.debug("error", exc_info=True)
+            click.echo(f"kb: error: {describe_error(exc)}", err=True)
             sys.exit(2)
 
     return wrapper  # type: ignore[return-value]
@@ -71,7 +118,7 @@ def main(ctx: click.Context, data_dir: Path | None, verbose: int) -> None:
         level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
         format="%(levelname)s %(name)s: %(message)s",
     )
-    for noisy in ("chromadb", "unstructured", "httpx", "sentence_transformers", "pdfminer"):
+    for noisy in ("chromadb", "unstructured", "httpx", "httpcore", "sentence_transformers", "pdfminer"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     overrides: dict[str, Any] = {}
     if data_dir is not None:
@@ -89,67 +136,155 @@ def _settings_or_exit(obj: Context) -> Settings:
         sys.exit(2)
 
 
-@main.command()
-@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--force", is_flag=True, help="Re-check every file's content, not just its size and time.")
-@click.option("--no-mirror", is_flag=True, help="Keep files that have disappeared from the folders.")
-@click.pass_obj
-@_errors
-def ingest(obj: Context, paths: tuple[Path, ...], as_json: bool, force: bool, no_mirror: bool) -> None:
-    """Ingest files and folders (recursively); with no PATHS, the configured inbox folders."""
-    settings = _settings_or_exit(obj)
-    targets = list(paths) or list(settings.inbox)
-    for p in targets:
-        if not paths:
-            p.mkdir(parents=True, exist_ok=True)
-    report = _run_ingest(obj, targets, force=force, mirror=not no_mirror, quiet=as_json)
-    if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
-    else:
-        _print_report(report)
-    sys.exit(1 if report.failed and not (report.added or report.updated or report.unchanged) else 0)
-
-
-def _run_ingest(obj: Context, targets: list[Path], *, force: bool, mirror: bool, quiet: bool) -> Any:
-    from tqdm import tqdm
-
+# -- following a batch of queued work ---------------------------------------------------------------
+def _follow(obj: Context, lib: Any, batch: str, *, quiet: bool) -> dict[str, Any]:
+    """Wait for a batch to settle, with a progress bar on a terminal; returns its final state."""
     bar = None
     if sys.stderr.isatty() and not quiet:
-        bar = tqdm(total=None, unit="file", desc="ingest", leave=False, dynamic_ncols=True)
+        from tqdm import tqdm
 
-    def total(n: int) -> None:
-        if bar is not None:
-            bar.reset(total=n)
+        bar = tqdm(total=None, unit="job", desc="kb", leave=False, dynamic_ncols=True)
 
-    def progress(path: str, outcome: str) -> None:
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix_str(f"{outcome}: {Path(path).name[:40]}", refresh=False)
+    def show(state: dict[str, Any]) -> None:
+        if bar is None:
+            return
+        if bar.total != state["jobs"]:
+            bar.reset(total=state["jobs"])
+        bar.n = state["settled"]
+        running = state["running"][:1]
+        if running:
+            r = running[0]
+            pct = f" {100 * r['done'] / r['total']:.0f}%" if r.get("total") and r.get("done") is not None else ""
+            bar.set_postfix_str(f"{r['stage'] or r['action']}{pct}: {Path(r['uri'] or '').name[:40]}", refresh=False)
+        bar.refresh()
 
     try:
-        with write_lock(obj.settings.data_dir):
-            return obj.app.ingestor.ingest(targets, progress=progress, force=force, mirror=mirror, on_total=total)
+        if obj.owner is not None:
+            return dict(obj.owner.app.run_batch(batch, on_progress=show))
+        while True:
+            state = lib.batch(batch)
+            show(state)
+            if state["complete"]:
+                return dict(state)
+            time.sleep(0.1)
     finally:
         if bar is not None:
             bar.close()
 
 
-def _print_report(report: Any) -> None:
+def _display(uri: str | None) -> str:
+    from kb.paths import display
+
+    return display(uri or "")
+
+
+def _printsummarize(r: dict[str, Any], seconds: float) -> None:
     click.echo(
-        f"{report.files} files in {report.seconds:.1f} s: {report.added} added, {report.updated} updated, "
-        f"{report.unchanged} unchanged, {len(report.failed)} failed"
-        + (f", {report.removed} removed" if report.removed else "")
-        + (f"; {report.chunks} chunks indexed" if report.chunks else "")
+        f"{r['files']} files in {seconds:.1f} s: {r['added']} added, {r['updated']} updated, "
+        f"{r['unchanged']} unchanged, {r['failed']} failed"
+        + (f", {r['removed']} removed" if r["removed"] else "")
+        + (f", {r['empty']} with no text" if r["empty"] else "")
     )
-    if report.empty:
-        click.echo(f"{len(report.empty)} with no text to index:")
-        for p in report.empty[:20]:
-            click.echo(f"  {p}")
-    if report.failed:
+    if r["held"]:
+        click.echo(
+            f"{r['held']} files seem to have disappeared from {', '.join(r['held_roots'])}: their removal is held "
+            "(an unmounted disk looks like this). `kb held --confirm` removes them, `kb held --discard` keeps them."
+        )
+    if r["failures"]:
         click.echo("failed:")
-        for p, err in report.failed:
-            click.echo(f"  {p}\n    {err}")
+        for f in r["failures"]:
+            retry = ""
+            if f.get("retry_at"):
+                retry = f" (retrying at {time.strftime('%H:%M:%S', time.localtime(f['retry_at']))})"
+            click.echo(f"  {f['path']}\n    {f['error']}{retry}")
+
+
+def _submit_and_follow(obj: Context, submit: Callable[[Any], str], *, wait: bool, as_json: bool) -> dict[str, Any]:
+    started = time.monotonic()
+    lib = obj.library(writes=True)
+    batch = submit(lib)
+    if not wait and obj.owner is None:
+        out = {"batch": batch, "queued": True}
+        click.echo(json.dumps(out) if as_json else f"queued (batch {batch}); `kb status` shows progress")
+        return out
+    report = summarize(_follow(obj, lib, batch, quiet=as_json))
+    if as_json:
+        click.echo(json.dumps(report, indent=2, ensure_ascii=False))
+    else:
+        _printsummarize(report, time.monotonic() - started)
+    return report
+
+
+@main.command()
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--force", is_flag=True, help="Re-read every file, even unchanged ones.")
+@click.option("--no-mirror", is_flag=True, help="Keep files that have disappeared from the folders.")
+@click.option("--no-wait", is_flag=True, help="Queue the work with the running service and return at once.")
+@click.pass_obj
+@_errors
+def ingest(obj: Context, paths: tuple[Path, ...], as_json: bool, force: bool, no_mirror: bool, no_wait: bool) -> None:
+    """Ingest files and folders (recursively); with no PATHS, the configured inbox folders."""
+    settings = _settings_or_exit(obj)
+    targets = list(paths) or list(settings.inbox)
+    if not paths:
+        for p in targets:
+            p.mkdir(parents=True, exist_ok=True)
+    r = _submit_and_follow(
+        obj, lambda lib: lib.submit_ingest([str(p) for p in targets], force=force, mirror=not no_mirror),
+        wait=not no_wait, as_json=as_json,
+    )
+    if r.get("complete") and r["failed"] and not (r["added"] or r["updated"] or r["unchanged"] or r["empty"]):
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--no-wait", is_flag=True, help="Queue the work with the running service and return at once.")
+@click.pass_obj
+@_errors
+def forget(obj: Context, paths: tuple[Path, ...], as_json: bool, no_wait: bool) -> None:
+    """Remove files or folders from the library (the files themselves are not touched)."""
+    started = time.monotonic()
+    lib = obj.library(writes=True)
+    batch = lib.submit_forget([str(p) for p in paths])
+    if no_wait and obj.owner is None:
+        click.echo(json.dumps({"batch": batch}) if as_json else f"queued (batch {batch})")
+        return
+    state = _follow(obj, lib, batch, quiet=as_json)
+    n = state["outcomes"].get("removed", 0)
+    if as_json:
+        click.echo(json.dumps({"forgotten": n, "seconds": round(time.monotonic() - started, 3)}))
+    else:
+        click.echo(f"forgot {n} file{'s' if n != 1 else ''} (or folder{'s' if n != 1 else ''})")
+
+
+@main.command()
+@click.option("--reparse", is_flag=True, help="Re-read documents parsed by an older parser or chunker version.")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--no-wait", is_flag=True, help="Queue the work with the running service and return at once.")
+@click.pass_obj
+@_errors
+def reindex(obj: Context, reparse: bool, as_json: bool, no_wait: bool) -> None:
+    """Rebuild every vector (into a new collection, swapped in when complete), e.g. after a model change."""
+    started = time.monotonic()
+    lib = obj.library(writes=True)
+    batch = lib.submit_reindex(reparse=reparse)
+    if no_wait and obj.owner is None:
+        click.echo(json.dumps({"batch": batch}) if as_json else f"queued (batch {batch})")
+        return
+    state = _follow(obj, lib, batch, quiet=as_json)
+    if as_json:
+        click.echo(json.dumps(summarize(state), indent=2))
+        return
+    failed = state["failures"]
+    what = "re-parsed" if reparse else "rebuilt the index"
+    n = state["jobs"]
+    click.echo(f"{what}{f' ({n} documents)' if reparse else ''} in {time.monotonic() - started:.1f} s"
+               + (f"; {len(failed)} failed" if failed else ""))
+    for f in failed:
+        click.echo(f"  {_display(f['uri'])}: {f['error']}")
 
 
 @main.command()
@@ -163,33 +298,27 @@ def _print_report(report: Any) -> None:
 def search(obj: Context, query: tuple[str, ...], k: int, file_type: str | None, kind: str | None,
            as_json: bool) -> None:
     """Search the library (meaning and keywords combined)."""
-    filters: list[dict[str, Any]] = []
-    if file_type:
-        filters.append({"file_type": file_type.lower().lstrip(".")})
-    if kind:
-        filters.append({"kind": kind})
-    where = None if not filters else filters[0] if len(filters) == 1 else {"$and": filters}
-    hits = obj.app.searcher.search(" ".join(query), k=k, where=where)
+    hits = obj.library(writes=False).search(" ".join(query), k=k, kind=kind, file_type=file_type)
     if as_json:
-        click.echo(json.dumps([h.to_dict() for h in hits], indent=2, ensure_ascii=False))
+        click.echo(json.dumps(hits, indent=2, ensure_ascii=False))
         return
     if not hits:
         click.echo("no results")
         return
     for i, h in enumerate(hits, 1):
-        d, c = h.document, h.chunk
         place = []
-        if c.page is not None:
-            place.append(f"p. {c.page}" + (f"-{c.page_end}" if c.page_end and c.page_end != c.page else ""))
-        if c.t_start is not None:
-            place.append(f"{_clock(c.t_start)}-{_clock(c.t_end or c.t_start)}")
-        sim = f" sim {h.similarity:.2f}" if h.similarity is not None else ""
-        click.echo(click.style(f"{i}. {d.title or '(untitled)'}", bold=True)
-                   + f"  [{', '.join(place) or d.file_type}] score {h.score:.4f}{sim}")
-        click.echo(f"   {d.paths[0] if d.paths else ''}")
-        if c.section:
-            click.echo(f"   § {c.section}")
-        click.echo(f"   {h.snippet}\n")
+        if h["page"] is not None:
+            end = f"-{h['page_end']}" if h["page_end"] and h["page_end"] != h["page"] else ""
+            place.append(f"p. {h['page']}{end}")
+        if h["t_start"] is not None:
+            place.append(f"{_clock(h['t_start'])}-{_clock(h['t_end'] or h['t_start'])}")
+        sim = f" sim {h['similarity']:.2f}" if h["similarity"] is not None else ""
+        click.echo(click.style(f"{i}. {_display(h['title']) or '(untitled)'}", bold=True)
+                   + f"  [{', '.join(place) or h['file_type']}] score {h['score']:.4f}{sim}")
+        click.echo(f"   {h['path'] or ''}")
+        if h["section"]:
+            click.echo(f"   § {_display(h['section'])}")
+        click.echo(f"   {_display(h['snippet'])}\n")
 
 
 def _clock(seconds: float) -> str:
@@ -202,28 +331,17 @@ def _clock(seconds: float) -> str:
 @click.pass_obj
 @_errors
 def status(obj: Context, as_json: bool) -> None:
-    """What is in the library: counts by type and status, recent failures."""
-    stats = _stats(obj)
+    """What is in the library: counts by type and status, work in progress, failures."""
+    stats = obj.library(writes=False).status()
+    stats["service"] = "running" if obj.client is not None else "not running"
     if as_json:
         click.echo(json.dumps(stats, indent=2))
         return
     _print_status(stats)
 
 
-def _stats(obj: Context) -> dict[str, Any]:
-    from kb.progress import ProgressBoard
-
-    stats: dict[str, Any] = obj.app.catalog.stats()
-    stats["data_dir"] = str(obj.settings.data_dir.resolve())
-    stats["embed_model"] = obj.app.catalog.get_meta("embed_model")
-    board = ProgressBoard(obj.settings.catalog_path)
-    stats["in_progress"] = board.active()
-    board.close()
-    return stats
-
-
 def _print_status(stats: dict[str, Any]) -> None:
-    click.echo(f"library: {stats['data_dir']}")
+    click.echo(f"library: {stats['data_dir']} (service {stats['service']})")
     click.echo(f"  {stats['documents']} documents, {stats['chunks']} chunks, from {stats['sources']} files")
     if stats["documents_by_kind"]:
         click.echo("  by kind:   " + ", ".join(f"{k} {n}" for k, n in stats["documents_by_kind"].items()))
@@ -231,52 +349,95 @@ def _print_status(stats: dict[str, Any]) -> None:
         click.echo("  by type:   " + ", ".join(f"{k} {n}" for k, n in stats["documents_by_type"].items()))
     if stats["sources_by_status"]:
         click.echo("  by status: " + ", ".join(f"{k} {n}" for k, n in stats["sources_by_status"].items()))
+    jobs = stats.get("jobs", {})
+    if jobs:
+        click.echo("  jobs:      " + ", ".join(f"{k} {n}" for k, n in sorted(jobs.items())))
     for p in stats.get("in_progress", []):
         total = f" of {p['total']:.0f}" if p["total"] else ""
-        pct = f" ({100 * p['done'] / p['total']:.0f}%)" if p["total"] else ""
-        click.echo(f"  in progress: {p['stage']} {p['path']}: {p['done']:.0f}{total}{pct}")
+        pct = f" ({100 * p['done'] / p['total']:.0f}%)" if p["total"] and p["done"] is not None else ""
+        done = f": {p['done']:.0f}{total}{pct}" if p["done"] is not None else ""
+        click.echo(f"  in progress: {p['stage'] or p['action']} {p['path']}{done}")
+    if stats.get("held"):
+        click.echo(f"  {stats['held']} removals held for confirmation: `kb held`")
     if stats["failures"]:
         click.echo("recent failures:")
         for f in stats["failures"]:
             at = time.strftime("%Y-%m-%d %H:%M", time.localtime(f["at"]))
-            click.echo(f"  {at}  {f['path']}\n      {f['error']}")
+            kept = " (the previous version stays searchable)" if f.get("kept_previous") else ""
+            click.echo(f"  {at}  {f['path']}\n      {f['error']}{kept}")
+    if stats.get("warnings"):
+        click.echo("warnings:")
+        for w in stats["warnings"]:
+            click.echo(f"  {w['path']}\n      {w['warning']}")
 
 
 @main.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("job_ids", nargs=-1, type=int)
 @click.pass_obj
 @_errors
-def forget(obj: Context, paths: tuple[Path, ...]) -> None:
-    """Remove files or folders from the library (the files themselves are not touched)."""
-    with write_lock(obj.settings.data_dir):
-        n = obj.app.ingestor.forget(list(paths))
-    click.echo(f"forgot {n} file{'s' if n != 1 else ''}")
+def retry(obj: Context, job_ids: tuple[int, ...]) -> None:
+    """Try failed work again now (all failed jobs, or the given job ids from `kb status --json`)."""
+    n = obj.library(writes=True).retry(list(job_ids) or None)
+    click.echo(f"queued {n} job{'s' if n != 1 else ''} again" + ("" if obj.client else "; `kb watch` runs them"))
 
 
 @main.command()
+@click.option("--confirm", is_flag=True, help="Remove the held files from the library.")
+@click.option("--discard", is_flag=True, help="Keep them: drop the held removals.")
 @click.pass_obj
 @_errors
-def reindex(obj: Context) -> None:
-    """Rebuild all vectors from the catalog with the configured embedding model."""
-    started = time.monotonic()
-    with write_lock(obj.settings.data_dir):
-        n = obj.app.reindexer().reindex()
-    click.echo(f"re-embedded {n} chunks in {time.monotonic() - started:.1f} s")
+def held(obj: Context, confirm: bool, discard: bool) -> None:
+    """Removals held because a folder suddenly looked (mostly) empty, e.g. an unmounted disk."""
+    if confirm and discard:
+        raise click.UsageError("--confirm or --discard, not both")
+    lib = obj.library(writes=True)
+    if not (confirm or discard):
+        info = lib.held()
+        click.echo(f"{info['held']} removals held")
+        for p in info["paths"]:
+            click.echo(f"  {p}")
+        return
+    click.echo(json.dumps(lib.held(confirm=confirm)))
 
 
 @main.command()
+@click.option("--scan-interval", default=60.0, show_default=True, help="Seconds between inbox scans.")
 @click.pass_obj
 @_errors
-def run(obj: Context) -> None:
-    """The main job until the server exists: ingest the inbox folders, then show the library."""
-    settings = _settings_or_exit(obj)
-    for p in settings.inbox:
-        p.mkdir(parents=True, exist_ok=True)
-    click.echo(f"ingesting {', '.join(str(p) for p in settings.inbox)}")
-    report = _run_ingest(obj, list(settings.inbox), force=False, mirror=True, quiet=False)
-    _print_report(report)
-    click.echo()
-    _print_status(_stats(obj))
+def watch(obj: Context, scan_interval: float) -> None:
+    """Run the service: own the library, ingest the inbox folders as they change, answer other kb commands."""
+    from kb.lock import holder, try_lock
+    from kbapp.app import App
+    from kbapp.client import Client
+    from kbapp.service import run_service
+
+    s = _settings_or_exit(obj)
+    said = False
+    while True:
+        lock = try_lock(s.data_dir)
+        if lock is not None:
+            break
+        client = Client.connect(s.socket_path)
+        if client is not None:
+            client.close()
+            click.echo(f"kb: a service already runs for {s.data_dir} (pid {holder(s.data_dir) or '?'})", err=True)
+            sys.exit(1)
+        if not said:
+            click.echo(f"kb: waiting for another kb command (pid {holder(s.data_dir) or '?'}) to finish…", err=True)
+            said = True
+        time.sleep(0.2)
+    app = App(s)
+    try:
+        run_service(app, lock, scan_interval_s=scan_interval, echo=click.echo)
+    finally:
+        app.close()
+
+
+@main.command()
+@click.pass_context
+def run(ctx: click.Context) -> None:
+    """Same as `kb watch`: the service on the configured folders."""
+    ctx.invoke(watch)
 
 
 @main.command("config")

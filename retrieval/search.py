@@ -37,6 +37,16 @@ class Hit:
         }
 
 
+def where_clause(kind: str | None = None, file_type: str | None = None) -> dict[str, Any] | None:
+    """Chroma's filter for the search filters people use."""
+    filters: list[dict[str, Any]] = []
+    if file_type:
+        filters.append({"file_type": file_type.lower().lstrip(".")})
+    if kind:
+        filters.append({"kind": kind})
+    return None if not filters else filters[0] if len(filters) == 1 else {"$and": filters}
+
+
 class Searcher:
     def __init__(self, catalog: Catalog, index: Callable[[], VectorIndex], embedder: Embedder) -> None:
         self.catalog = catalog

@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from kb.app import App
+from kbapp.app import App
 from kb.embedding import HashEmbedder, SentenceTransformerEmbedder
 from kb.models import offline_environment
 from kb.settings import load_settings

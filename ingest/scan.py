@@ -1,0 +1,145 @@
+"""Folder scans: one producer of per-file jobs, and the guard against an emptied mount point.
+
+A scan compares what is on disk with the catalog by size and modification time (the content hash is left
+to the job) and queues an ingest job for every new or changed file and, when mirroring, a forget job for
+every file that disappeared. A folder that suddenly looks (mostly) empty, as an unmounted disk's mount
+point does, must not wipe the library: past a threshold the forget jobs are held for confirmation.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ingest.discovery import Found, discover
+from kb.catalog import SRC_FAILED, Catalog
+from kb.jobs import HELD, LANE_FAST, LANE_SLOW, QUEUED, JobQueue
+from kb.paths import absolute, display, to_uri
+
+log = logging.getLogger(__name__)
+
+# Recordings can take an hour each: they get the slow lane whatever their size.
+MEDIA_TYPES = frozenset(
+    ["wav", "mp3", "m4a", "aac", "flac", "ogg", "oga", "opus", "webm", "mp4", "m4v", "mkv", "mov", "avi", "wma"]
+)
+
+
+@dataclass
+class ScanReport:
+    """What a scan found and queued, kept as the batch's info for the requester."""
+
+    files: int = 0
+    queued: int = 0
+    unchanged: int = 0
+    still_failing: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[dict[str, str]] = field(default_factory=list)
+    removed: int = 0
+    held: int = 0
+    held_roots: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def lane_for(path: Path, size: int, slow_lane_bytes: int) -> str:
+    """Long work (recordings, big files) goes to its own lane so it never blocks short work."""
+    if path.suffix.lower().lstrip(".") in MEDIA_TYPES or size > slow_lane_bytes:
+        return LANE_SLOW
+    return LANE_FAST
+
+
+class Scanner:
+    """Turns 'these files and folders' into ingest and forget jobs."""
+
+    def __init__(
+        self, catalog: Catalog, jobs: JobQueue, *, slow_lane_bytes: int, mass_delete_ratio: float,
+        mass_delete_min: int,
+    ) -> None:
+        self.catalog = catalog
+        self.jobs = jobs
+        self.slow_lane_bytes = slow_lane_bytes
+        self.mass_delete_ratio = mass_delete_ratio
+        self.mass_delete_min = mass_delete_min
+
+    def scan(
+        self, paths: Sequence[Path], *, batch: str | None, force: bool = False, mirror: bool = True,
+    ) -> ScanReport:
+        report = ScanReport()
+        roots = [absolute(p) for p in paths]
+        pending: list[tuple[str, str, str, dict[str, Any]]] = []  # (action, uri, lane, payload)
+        known: dict[str, Any] = {}
+        for root in roots:
+            if root.is_dir():
+                known.update(self.catalog.sources_under(to_uri(root).rstrip("/") + "/"))
+        seen: set[str] = set()
+        unreadable: list[str] = []
+        for f in discover(roots):
+            uri = to_uri(f.path)
+            if f.error:
+                if self._is_dir_error(f):
+                    unreadable.append(uri.rstrip("/") + "/")
+                    report.errors.append({"path": display(uri), "error": f.error})
+                    continue
+                seen.add(uri)
+                report.files += 1
+                self.catalog.record_failure(uri, "file", f.error, size=None, mtime_ns=None)
+                report.errors.append({"path": display(uri), "error": f.error})
+                continue
+            seen.add(uri)
+            report.files += 1
+            src = known.get(uri) if uri in known else self.catalog.source(uri)
+            same_stat = src is not None and src.size == f.size and src.mtime_ns == f.mtime_ns
+            if same_stat and not force and src is not None:
+                if src.status == SRC_FAILED:
+                    # these bytes were tried; the job retries on its own schedule or waits for `kb retry`
+                    report.still_failing.append({"path": display(uri), "error": src.error})
+                else:
+                    report.unchanged += 1
+                continue
+            pending.append(("ingest", uri, lane_for(f.path, f.size, self.slow_lane_bytes), {"force": force}))
+        self._enqueue(pending, batch, QUEUED)
+        report.queued = len(pending)
+        if mirror:
+            self._mirror(roots, known, seen, unreadable, batch, report)
+        return report
+
+    @staticmethod
+    def _is_dir_error(f: Found) -> bool:
+        try:
+            return f.path.is_dir() or (not f.path.exists() and not f.path.is_symlink())
+        except OSError:
+            return True
+
+    def _mirror(
+        self, roots: list[Path], known: dict[str, Any], seen: set[str], unreadable: list[str], batch: str | None,
+        report: ScanReport,
+    ) -> None:
+        """Forget what disappeared from the folders, holding the deletions when a folder looks emptied."""
+        for root in roots:
+            prefix = to_uri(root).rstrip("/") + "/"
+            under = [u for u in known if u.startswith(prefix)]
+            # A folder we could not read this time keeps what we had from it: unreadable is not deleted.
+            gone = [u for u in under if u not in seen and not u.startswith(tuple(unreadable))]
+            if not root.is_dir() or not gone:
+                continue
+            state = QUEUED
+            if len(gone) >= self.mass_delete_min and len(gone) > self.mass_delete_ratio * len(under):
+                state = HELD
+                report.held += len(gone)
+                report.held_roots.append(display(prefix))
+                log.warning(
+                    "%s: %d of %d files seem to have disappeared; holding their removal for confirmation "
+                    "(kb held --confirm)", display(prefix), len(gone), len(under),
+                )
+            else:
+                report.removed += len(gone)
+            self._enqueue([("forget", u, LANE_FAST, {}) for u in gone], batch, state)
+
+    def _enqueue(self, items: list[tuple[str, str, str, dict[str, Any]]], batch: str | None, state: str) -> None:
+        for i in range(0, len(items), 500):
+            with self.jobs.transaction() as db:
+                for action, uri, lane, payload in items[i : i + 500]:
+                    self.jobs.enqueue(db, action, uri, lane=lane, payload=payload, batch=batch, state=state)

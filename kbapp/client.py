@@ -1,0 +1,85 @@
+"""The CLI's path to a running service: the same operations as the App, over the API's local socket."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from kb.errors import KbError
+
+API = "/api/v1"
+
+
+class ServiceError(KbError):
+    """The service answered with an error, or stopped answering."""
+
+
+class Client:
+    """Implements the Library protocol (server/api.py) by calling the service."""
+
+    def __init__(self, socket_path: Path, timeout_s: float = 60.0) -> None:
+        self.socket_path = socket_path
+        self._http = httpx.Client(
+            transport=httpx.HTTPTransport(uds=str(socket_path)), base_url="http://kb", timeout=timeout_s
+        )
+
+    @classmethod
+    def connect(cls, socket_path: Path) -> Client | None:
+        """A client if a service answers on the socket, else None."""
+        if not socket_path.exists():
+            return None
+        client = cls(socket_path, timeout_s=5.0)
+        try:
+            client._http.get(f"{API}/health").raise_for_status()
+        except httpx.HTTPError:
+            client.close()
+            return None
+        client._http.timeout = httpx.Timeout(600.0)
+        return client
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        try:
+            r = self._http.request(method, f"{API}{path}", json=body)
+        except httpx.HTTPError as exc:
+            raise ServiceError(f"lost contact with the kb service: {exc}") from None
+        if r.status_code >= 400:
+            try:
+                message = r.json()["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = r.text[:500]
+            raise ServiceError(str(message))
+        return r.json()
+
+    def status(self) -> dict[str, Any]:
+        return dict(self._call("GET", "/status"))
+
+    def search(
+        self, query: str, k: int = 5, kind: str | None = None, file_type: str | None = None
+    ) -> list[dict[str, Any]]:
+        return list(self._call("POST", "/search", {"query": query, "k": k, "kind": kind, "file_type": file_type}))
+
+    def submit_ingest(self, paths: Sequence[str], *, force: bool = False, mirror: bool = True) -> str:
+        return str(self._call("POST", "/ingest", {"paths": list(paths), "force": force, "mirror": mirror})["batch"])
+
+    def submit_forget(self, paths: Sequence[str]) -> str:
+        return str(self._call("POST", "/forget", {"paths": list(paths)})["batch"])
+
+    def submit_reindex(self, *, reparse: bool = False) -> str:
+        return str(self._call("POST", "/reindex", {"reparse": reparse})["batch"])
+
+    def batch(self, batch: str) -> dict[str, Any] | None:
+        return dict(self._call("GET", f"/batches/{batch}"))
+
+    def retry(self, job_ids: Sequence[int] | None = None) -> int:
+        return int(self._call("POST", "/retry", {"job_ids": list(job_ids or [])})["retried"])
+
+    def held(self, *, confirm: bool | None = None) -> dict[str, Any]:
+        if confirm is None:
+            return dict(self._call("GET", "/held"))
+        return dict(self._call("POST", "/held", {"confirm": confirm}))

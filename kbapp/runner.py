@@ -1,0 +1,178 @@
+"""The job runner: worker threads per lane, a heartbeat, and a graceful stop.
+
+Lanes keep long work from blocking short work: 'fast' (documents), 'slow' (recordings, big files) and
+'maint' (reindex, repair) each have their own threads, and each parsing thread owns its own parser
+process. A graceful stop lets work in flight finish for a grace period, then abandons it (the parser
+process is killed) and puts the job back in the queue; kill -9 loses nothing either, since the job stays
+'running' in the catalog and is taken again at the next start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ingest.handlers import JobContext
+from kb.errors import KbError
+from kb.jobs import Defer, Done, Fail, Job, JobQueue, JobResult
+from kb.paths import display
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Job, JobContext], JobResult]
+
+
+class Runner:
+    """Runs queued jobs until stopped. With `batch`, only that batch's jobs (a one-off CLI command)."""
+
+    def __init__(
+        self, jobs: JobQueue, handlers: Mapping[str, Handler], lanes: Mapping[str, int],
+        parser_factory: Callable[[str], Any], *, batch: str | None = None, heartbeat_s: float = 10.0,
+        progress_every_s: float = 0.5,
+    ) -> None:
+        self.jobs = jobs
+        self.handlers = handlers
+        self.lanes = dict(lanes)
+        self.parser_factory = parser_factory
+        self.batch = batch
+        self.heartbeat_s = heartbeat_s
+        self.progress_every_s = progress_every_s
+        self._stopping = threading.Event()  # claim nothing new
+        self._abort = threading.Event()  # abandon work in flight
+        self._threads: list[threading.Thread] = []
+        self._inflight: dict[int, Job] = {}
+        self._lock = threading.Lock()
+        self._parsers: list[Any] = []
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def start(self) -> None:
+        for lane, n in self.lanes.items():
+            for i in range(n):
+                t = threading.Thread(target=self._loop, args=(lane,), name=f"kb-{lane}-{i}", daemon=True)
+                t.start()
+                self._threads.append(t)
+        hb = threading.Thread(target=self._heartbeat, name="kb-heartbeat", daemon=True)
+        hb.start()
+        self._threads.append(hb)
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """Claim nothing more; let work in flight finish for grace_s, then abandon and requeue it."""
+        self._stopping.set()
+        self.jobs.notify()
+        deadline = time.monotonic() + grace_s
+        while self.busy() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self._abort.set()
+        for t in self._threads:
+            t.join(timeout=30)
+        for parser in self._parsers:
+            close = getattr(parser, "close", None)
+            if close is not None:
+                close()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def busy(self) -> bool:
+        with self._lock:
+            return bool(self._inflight)
+
+    def inflight(self) -> list[Job]:
+        with self._lock:
+            return list(self._inflight.values())
+
+    # -- work -------------------------------------------------------------------------------------
+    def _loop(self, lane: str) -> None:
+        parser: Any = None
+        while not self._stopping.is_set():
+            try:
+                job = self.jobs.claim([lane], batch=self.batch)
+            except (sqlite3.Error, KbError) as exc:  # a locked or failing catalog: wait, do not die
+                log.error("cannot claim a job: %s", exc)
+                self._stopping.wait(2.0)
+                continue
+            if job is None:
+                due = self.jobs.next_due([lane])
+                wait = 1.0 if due is None else max(0.01, min(1.0, due - self.jobs.clock()))
+                self.jobs.wait(wait)
+                continue
+            if parser is None and job.action == "ingest":
+                parser = self.parser_factory(lane)
+                if parser is not None:
+                    self._parsers.append(parser)
+            with self._lock:
+                self._inflight[job.id] = job
+            try:
+                self._run(job, parser)
+            finally:
+                with self._lock:
+                    self._inflight.pop(job.id, None)
+
+    def _run(self, job: Job, parser: Any) -> None:
+        handler = self.handlers.get(job.action)
+        last = [0.0]
+
+        def progress(stage: str, done: float, total: float | None = None) -> None:
+            now = time.monotonic()
+            if now - last[0] < self.progress_every_s and (total is None or done < total):
+                return
+            last[0] = now
+            # progress is advisory: a busy catalog must not fail the work
+            with contextlib.suppress(sqlite3.Error):
+                self.jobs.progress(job.id, stage, done, total)
+
+        ctx = JobContext(progress=progress, stopping=self._abort.is_set, stop_event=self._abort, parser=parser)
+        started = time.monotonic()
+        result: JobResult
+        if handler is None:
+            result = Fail(f"unknown job action '{job.action}'")
+        else:
+            try:
+                result = handler(job, ctx)
+            except KbError as exc:
+                result = Fail(str(exc), transient=True)
+            except sqlite3.Error as exc:
+                result = Fail(f"catalog error: {exc}", transient=True)
+            except Exception as exc:  # a bug or a Chroma failure must cost one job, never the service
+                log.exception("job %s (%s %s) failed", job.id, job.action, display(job.uri or ""))
+                result = Fail(f"internal error: {type(exc).__name__}: {exc}", transient=True)
+        if self._abort.is_set() and isinstance(result, Fail) and result.transient:
+            result = Defer(0.0, "interrupted by a stop; will run again")
+        try:
+            self._record(job, result)
+        except sqlite3.Error as exc:  # the job stays 'running' and is taken again: never lost
+            log.error("cannot record the end of job %s: %s", job.id, exc)
+        log.info(
+            "job %s %s %s: %s in %.2f s", job.id, job.action, display(job.uri or ""), _describe(result),
+            time.monotonic() - started,
+        )
+
+    def _record(self, job: Job, result: JobResult) -> None:
+        if isinstance(result, Done):
+            self.jobs.complete(job.id, result.outcome)
+        elif isinstance(result, Defer):
+            self.jobs.defer(job.id, result.delay_s, result.note)
+        else:
+            self.jobs.fail(job.id, result.error, transient=result.transient)
+
+    def _heartbeat(self) -> None:
+        while not self._abort.wait(self.heartbeat_s):
+            ids = [j.id for j in self.inflight()]
+            try:
+                self.jobs.heartbeat(ids)
+            except sqlite3.Error as exc:
+                log.warning("heartbeat failed: %s", exc)
+
+
+def _describe(result: JobResult) -> str:
+    if isinstance(result, Done):
+        return result.outcome
+    if isinstance(result, Defer):
+        return f"deferred ({result.note})"
+    return f"failed: {result.error}"

@@ -1,0 +1,107 @@
+"""The owner of writes: holds the data directory's lock, runs the workers, serves the API on a local socket.
+
+`kb watch` runs one for as long as it is up; a one-off `kb ingest` with no service running becomes a
+short-lived one, so a second terminal's `kb search` or `kb status` always has someone to ask.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+
+from kb.lock import WriteLock
+from kbapp.app import App
+
+log = logging.getLogger(__name__)
+
+
+class ApiServer:
+    """The Litestar API served by uvicorn on a Unix socket, in a background thread."""
+
+    def __init__(self, app: App, socket_path: Path) -> None:
+        import uvicorn
+
+        from server.api import create_api
+
+        self.socket_path = socket_path
+        # The folder, not the socket, carries the permission: uvicorn makes the socket itself 0666.
+        socket_path.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(socket_path.parent, 0o700)
+        config = uvicorn.Config(
+            create_api(app), uds=str(socket_path), log_level="warning", lifespan="off", access_log=False,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._serve, name="kb-api", daemon=True)
+
+    def _serve(self) -> None:
+        asyncio.run(self._server.serve())
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        self._thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self._server.started and self._thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=5)
+        with contextlib.suppress(OSError):
+            self.socket_path.unlink()
+
+
+class Owner:
+    """This process as the owner of writes: the lock, start-up recovery, the API, the workers."""
+
+    def __init__(self, app: App, lock: WriteLock, *, serve: bool = True, recover: bool = True) -> None:
+        self.app = app
+        self.lock = lock
+        self.api: ApiServer | None = None
+        self.recovered = recover
+        if recover:
+            app.recover()
+            app.check()
+        if serve:
+            self.api = ApiServer(app, app.settings.socket_path)
+            self.api.start()
+
+    def close(self) -> None:
+        self.app.stop_workers(grace_s=0)
+        if self.api is not None:
+            self.api.stop()
+        if self.recovered:
+            self.app.mark_clean()
+        self.lock.release()
+
+
+def run_service(app: App, lock: WriteLock, *, scan_interval_s: float, echo: Callable[[str], None]) -> None:
+    """`kb watch`: scan the inbox folders now and every scan_interval_s, run jobs until SIGTERM/SIGINT."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    owner = Owner(app, lock)
+    try:
+        app.embedder.embed(["warm up"])  # the model loads now, not inside the first person's search
+        app.start_workers()
+        for p in app.settings.inbox:
+            p.mkdir(parents=True, exist_ok=True)
+        echo(f"kb: watching {', '.join(str(p) for p in app.settings.inbox)} (pid {os.getpid()}); Ctrl-C stops")
+        while not stop.is_set():
+            app.submit_scan([str(p) for p in app.settings.inbox], key="scan:inbox")
+            stop.wait(scan_interval_s)
+        echo("kb: stopping: finishing or requeueing work in flight")
+        app.stop_workers(grace_s=10.0)
+    finally:
+        owner.close()
+        for s, h in old.items():
+            signal.signal(s, h)

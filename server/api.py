@@ -1,0 +1,144 @@
+"""The JSON API of the service (Litestar). Today the CLI's client path; the web UI builds on the same routes.
+
+It only translates: HTTP in, a call on the `Library` out, JSON back, and every error as one JSON shape
+`{"error": {"type": ..., "message": ...}}` with a fitting status code. It never touches the store itself.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from litestar import Litestar, Request, Response, get, post
+from litestar.exceptions import HTTPException, NotFoundException
+from litestar.status_codes import HTTP_400_BAD_REQUEST, HTTP_500_INTERNAL_SERVER_ERROR
+
+from kb.errors import ConfigError, KbError
+
+API = "/api/v1"
+
+
+class Library(Protocol):
+    """What the API needs from the library (the composition root's App implements it)."""
+
+    def status(self) -> dict[str, Any]: ...
+
+    def search(
+        self, query: str, k: int = 5, kind: str | None = None, file_type: str | None = None
+    ) -> list[dict[str, Any]]: ...
+
+    def submit_ingest(self, paths: Sequence[str], *, force: bool = False, mirror: bool = True) -> str: ...
+
+    def submit_forget(self, paths: Sequence[str]) -> str: ...
+
+    def submit_reindex(self, *, reparse: bool = False) -> str: ...
+
+    def batch(self, batch: str) -> dict[str, Any] | None: ...
+
+    def retry(self, job_ids: Sequence[int] | None = None) -> int: ...
+
+    def held(self, *, confirm: bool | None = None) -> dict[str, Any]: ...
+
+
+@dataclass
+class SearchRequest:
+    query: str
+    k: int = 5
+    kind: str | None = None
+    file_type: str | None = None
+
+
+@dataclass
+class IngestRequest:
+    paths: list[str]
+    force: bool = False
+    mirror: bool = True
+
+
+@dataclass
+class PathsRequest:
+    paths: list[str]
+
+
+@dataclass
+class ReindexRequest:
+    reparse: bool = False
+
+
+@dataclass
+class RetryRequest:
+    job_ids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class HeldRequest:
+    confirm: bool
+
+
+def _error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    if isinstance(exc, HTTPException):
+        return Response({"error": {"type": type(exc).__name__, "message": exc.detail}}, status_code=exc.status_code)
+    if isinstance(exc, (KbError, ValueError)):
+        status = HTTP_400_BAD_REQUEST if isinstance(exc, (ConfigError, ValueError)) else 409
+        return Response({"error": {"type": type(exc).__name__, "message": str(exc)}}, status_code=status)
+    message = f"catalog error: {exc}" if isinstance(exc, sqlite3.Error) else f"{type(exc).__name__}: {exc}"
+    request.logger.exception("request failed")
+    return Response({"error": {"type": "internal", "message": message}}, status_code=HTTP_500_INTERNAL_SERVER_ERROR)
+
+
+def create_api(library: Library) -> Litestar:
+    """The Litestar application over a library."""
+
+    @get(f"{API}/health", sync_to_thread=False)
+    def health() -> dict[str, Any]:
+        return {"ok": True, "pid": os.getpid()}
+
+    @get(f"{API}/status", sync_to_thread=True)
+    def status() -> dict[str, Any]:
+        return library.status()
+
+    @post(f"{API}/search", sync_to_thread=True, status_code=200)
+    def search(data: SearchRequest) -> list[dict[str, Any]]:
+        k = max(1, min(200, data.k))
+        return library.search(data.query, k=k, kind=data.kind, file_type=data.file_type)
+
+    @post(f"{API}/ingest", sync_to_thread=True, status_code=202)
+    def ingest(data: IngestRequest) -> dict[str, Any]:
+        return {"batch": library.submit_ingest(data.paths, force=data.force, mirror=data.mirror)}
+
+    @post(f"{API}/forget", sync_to_thread=True, status_code=202)
+    def forget(data: PathsRequest) -> dict[str, Any]:
+        return {"batch": library.submit_forget(data.paths)}
+
+    @post(f"{API}/reindex", sync_to_thread=True, status_code=202)
+    def reindex(data: ReindexRequest) -> dict[str, Any]:
+        return {"batch": library.submit_reindex(reparse=data.reparse)}
+
+    @get(f"{API}/batches/{{batch_id:str}}", sync_to_thread=True)
+    def batch(batch_id: str) -> dict[str, Any]:
+        state = library.batch(batch_id)
+        if state is None:
+            raise NotFoundException(f"no batch {batch_id}")
+        return state
+
+    @post(f"{API}/retry", sync_to_thread=True, status_code=200)
+    def retry(data: RetryRequest) -> dict[str, Any]:
+        return {"retried": library.retry(data.job_ids or None)}
+
+    @get(f"{API}/held", sync_to_thread=True)
+    def held_list() -> dict[str, Any]:
+        return library.held()
+
+    @post(f"{API}/held", sync_to_thread=True, status_code=200)
+    def held_release(data: HeldRequest) -> dict[str, Any]:
+        return library.held(confirm=data.confirm)
+
+    return Litestar(
+        route_handlers=[health, status, search, ingest, forget, reindex, batch, retry, held_list, held_release],
+        exception_handlers={Exception: _error},
+        openapi_config=None,
+        debug=False,
+    )
