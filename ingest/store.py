@@ -23,7 +23,7 @@ from ingest.parsing import Parsed
 from kb.catalog import DOC_EMPTY, DOC_INDEXED, Catalog, ChunkRecord, DocumentRecord, Link, chunk_id
 from kb.embedding import Embedder
 from kb.index import Metadata, VectorIndex
-from kb.paths import from_uri
+from kb.paths import display, from_uri
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class Store:
             doc_id = existing.id
             self.catalog.replace_document(
                 doc_id, kind=parsed.kind, file_type=parsed.file_type,
-                title=parsed.title or Path(from_uri(primary)).stem, author=parsed.author,
+                title=parsed.title or display(Path(from_uri(primary)).stem), author=parsed.author,
                 created_at=parsed.created_at, modified_at=modified_at, meta=parsed.meta, text=parsed.text,
                 chunks=records, pipeline_version=parsed.parser_version, claim_job=job_id,
             )
@@ -113,7 +113,7 @@ class Store:
         else:
             doc_id = self.catalog.insert_document(
                 content_hash=content_hash, kind=parsed.kind, file_type=parsed.file_type,
-                title=parsed.title or Path(from_uri(primary)).stem, author=parsed.author,
+                title=parsed.title or display(Path(from_uri(primary)).stem), author=parsed.author,
                 created_at=parsed.created_at, modified_at=modified_at, size=size, meta=parsed.meta,
                 text=parsed.text, chunks=records, pipeline_version=parsed.parser_version, claim_job=job_id,
             )

@@ -250,8 +250,13 @@ class App:
     def submit_forget(self, paths: Sequence[str]) -> str:
         uris = [to_uri(absolute(Path(p))) for p in paths]
         batch = self.jobs.new_batch("forget", {"paths": [display(u) for u in uris]})
+        targets: list[str] = []
+        for u in uris:  # a folder becomes one job per source under it
+            targets += list(self.catalog.sources_under(u.rstrip("/") + "/"))
+            if self.catalog.source(u) is not None:
+                targets.append(u)
         with self.jobs.transaction() as db:
-            for u in uris:
+            for u in dict.fromkeys(targets):
                 self.jobs.enqueue(db, "forget", u, lane=LANE_FAST, batch=batch)
         return batch
 
