@@ -215,7 +215,8 @@ def test_interrupted_reindex_resumes_and_search_keeps_working(make_app: AppFacto
     app.catalog.set_meta("reindex_target", target)
     half = app.vectors.collection(target, app.embedder.name, app.embedder.dim)
     chunks = [c for b in app.catalog.iter_chunk_batches(3) for c in b][:3]
-    half.upsert([c.id for c in chunks], app.embedder.embed([c.text for c in chunks]), [{"doc_id": c.doc_id} for c in chunks])
+    vectors = app.embedder.embed([c.text for c in chunks])
+    half.upsert([c.id for c in chunks], vectors, [{"doc_id": c.doc_id} for c in chunks])
     app.jobs.submit("reindex", key="reindex", lane="maint")
     assert app.search("topic3")[0]["text"].count("topic3")  # still answered from the old collection
     app.recover()
