@@ -1,14 +1,20 @@
-"""Ingestion benchmark: pipeline throughput vs the raw embedder, unchanged re-scan speed, peak memory.
+"""Ingestion benchmark through the job queue: pipeline throughput vs the raw embedder, re-scan speed, peak
+memory, and the time from `kb ingest FILE` (service running) to the file being searchable.
 
-Usage: python bench/ingest.py [FOLDER] [--rescan-files 1000]
-FOLDER defaults to ../shared/bench/docs/debian. Prints one JSON object on its last line.
+Usage: python bench/ingest.py [BENCH_DIR] [--folder F] [--rescan-files 1000] [--latency-runs 5]
+BENCH_DIR defaults to ../shared/bench (the folder used is BENCH_DIR/docs/debian). Default settings
+throughout (parser processes, lanes). Prints one JSON object on its last line.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
+import signal
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -18,20 +24,21 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from ingest.chunking import embed_text  # noqa: E402
-from kbapp.app import App  # noqa: E402
 from kb.settings import load_settings  # noqa: E402
+from kbapp.app import App  # noqa: E402
+
+KB = str(Path(sys.executable).parent / "kb")
 
 
 def rss_mb(who: int) -> float:
     return resource.getrusage(who).ru_maxrss / 1024
 
 
-def _children_peak_mb() -> float:
-    """Peak resident memory of the largest live child (the parser worker), from /proc."""
-    import os
-
+def children_peak_mb() -> float:
+    """Peak resident memory of the largest live child (a parser process), from /proc."""
     peak = 0.0
-    for pid in Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split():
+    me = os.getpid()
+    for pid in Path(f"/proc/{me}/task/{me}/children").read_text().split():
         try:
             status = Path(f"/proc/{pid}/status").read_text()
         except OSError:
@@ -42,67 +49,121 @@ def _children_peak_mb() -> float:
     return round(peak, 1)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("folder", nargs="?", default=str(REPO.parent / "shared" / "bench" / "docs" / "debian"))
-    ap.add_argument("--rescan-files", type=int, default=1000, help="size of the synthetic re-scan folder")
-    ap.add_argument("--workers", type=int, default=1)
-    args = ap.parse_args()
-    folder = Path(args.folder)
-    if not folder.is_dir():
-        sys.exit(f"no such folder: {folder}")
+def throughput(folder: Path, tmp: Path, rescan_files: int) -> dict[str, object]:
+    app = App(load_settings(data_dir=tmp / "data"))
+    app.recover()
+    # Models and a parser process load before the clock starts, as in a running service.
+    app.warm_up()
 
-    with tempfile.TemporaryDirectory(prefix="kb-bench-") as tmp:
-        app = App(load_settings(data_dir=Path(tmp) / "data", workers=args.workers))
-        # Models and parser libraries load before the clock starts, as in a running service.
-        app.embedder.embed(["warm up the model before the clock starts"])
-        app.index()
-        app.parse_service.warm_up()
+    t0 = time.perf_counter()
+    report = app.ingest([folder])
+    pipeline_s = time.perf_counter() - t0
+    chunks = app.catalog.chunk_count()
 
-        t0 = time.perf_counter()
-        report = app.ingestor.ingest([folder])
-        pipeline_s = time.perf_counter() - t0
+    texts = [embed_text(c.text, c.section) for batch in app.catalog.iter_chunk_batches(5000) for c in batch]
+    t0 = time.perf_counter()
+    app.embedder.embed(texts)
+    raw_s = time.perf_counter() - t0
 
-        texts = [embed_text(c.text, c.section) for batch in app.catalog.iter_chunk_batches(5000) for c in batch]
-        t0 = time.perf_counter()
-        app.embedder.embed(texts)
-        raw_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    again = app.ingest([folder])
+    rescan_s = time.perf_counter() - t0
 
-        t0 = time.perf_counter()
-        again = app.ingestor.ingest([folder])
-        rescan_s = time.perf_counter() - t0
-
-        # An unchanged re-scan of many files: the stat-only fast path, measured on generated notes.
-        many = Path(tmp) / "many"
-        many.mkdir()
-        for i in range(args.rescan_files):
-            (many / f"note{i:05d}.txt").write_text(f"Note {i}: remember item {i} on the shopping list.\n")
-        app.ingestor.ingest([many])
-        t0 = time.perf_counter()
-        many_report = app.ingestor.ingest([many])
-        many_s = time.perf_counter() - t0
-        workers_mb = _children_peak_mb()
-        app.close()
-
-    chunks = report.chunks
-    result = {
+    many = tmp / "many"
+    many.mkdir()
+    for i in range(rescan_files):
+        (many / f"note{i:05d}.txt").write_text(f"Note {i}: remember item {i} on the shopping list.\n")
+    t0 = time.perf_counter()
+    first_many = app.ingest([many])
+    many_ingest_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    many_report = app.ingest([many])
+    many_s = time.perf_counter() - t0
+    workers_mb = children_peak_mb()
+    app.close()
+    return {
         "folder": str(folder),
-        "files": report.files,
-        "failed": len(report.failed),
+        "files": report["files"],
+        "failed": report["failed"],
         "chunks": chunks,
         "seconds": round(pipeline_s, 2),
         "chunks_per_s": round(chunks / pipeline_s, 2),
         "raw_embed_chunks_per_s": round(len(texts) / raw_s, 2),
         "pipeline_vs_raw": round((chunks / pipeline_s) / (len(texts) / raw_s), 3),
-        "rescan_files": again.files,
-        "rescan_unchanged": again.unchanged,
+        "rescan_unchanged": again["unchanged"],
         "rescan_seconds": round(rescan_s, 3),
-        "rescan_files_per_s": round(again.files / rescan_s, 1),
-        "rescan_many_files": many_report.unchanged,
+        "small_files": first_many["added"],
+        "small_files_per_s": round(first_many["added"] / many_ingest_s, 1),
+        "rescan_many_files": many_report["unchanged"],
         "rescan_many_seconds": round(many_s, 3),
         "peak_rss_mb": round(rss_mb(resource.RUSAGE_SELF), 1),
-        "peak_rss_parse_workers_mb": workers_mb,
+        "peak_rss_parse_workers_mb": max(workers_mb, round(rss_mb(resource.RUSAGE_CHILDREN), 1)),
     }
+
+
+def _kb(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([KB, *args], env=env, capture_output=True, text=True, timeout=300, check=True)
+
+
+def latency(tmp: Path, runs: int) -> dict[str, object]:
+    """Seconds from `kb ingest FILE` to the command returning with FILE searchable, service running, idle."""
+    data = tmp / "svc"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KB_")}
+    env.update(KB_DATA_DIR=str(data), KB_INBOX=json.dumps([str(tmp / "svc-inbox")]))
+    service = subprocess.Popen([KB, "watch"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while True:  # ready: answering, and the first inbox scan (after the warm-up) has run
+            proc = subprocess.run([KB, "status", "--json"], env=env, capture_output=True, text=True, timeout=60)
+            if proc.returncode == 0:
+                st = json.loads(proc.stdout)
+                if st.get("service") == "running" and st["jobs"].get("done", 0) >= 1:
+                    break
+            if time.monotonic() > deadline or service.poll() is not None:
+                raise SystemExit("the service did not start")
+            time.sleep(0.5)
+        times = []
+        found = 0
+        for i in range(runs):
+            note = tmp / f"latency{i}.txt"
+            word = f"quokka{i}zebra"
+            note.write_text(f"A small note about {word} and the harbour.\n")
+            t0 = time.perf_counter()
+            _kb(env, "ingest", str(note))
+            times.append(time.perf_counter() - t0)
+            hits = json.loads(_kb(env, "search", word, "-k", "1", "--json").stdout)
+            found += bool(hits) and hits[0]["path"] == str(note)
+            time.sleep(0.5)
+        t0 = time.perf_counter()
+        _kb(env, "status", "--json")
+        status_s = time.perf_counter() - t0
+    finally:
+        service.send_signal(signal.SIGTERM)
+        try:
+            service.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            service.kill()
+    return {
+        "ingest_to_searchable_s_median": round(statistics.median(times), 3),
+        "ingest_to_searchable_s_max": round(max(times), 3),
+        "ingest_searchable_found": f"{found}/{runs}",
+        "status_via_service_s": round(status_s, 3),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("bench", nargs="?", default=str(REPO.parent / "shared" / "bench"))
+    ap.add_argument("--folder", help="folder to ingest (default BENCH/docs/debian)")
+    ap.add_argument("--rescan-files", type=int, default=1000, help="size of the synthetic re-scan folder")
+    ap.add_argument("--latency-runs", type=int, default=5)
+    args = ap.parse_args()
+    folder = Path(args.folder) if args.folder else Path(args.bench) / "docs" / "debian"
+    if not folder.is_dir():
+        sys.exit(f"no such folder: {folder}")
+    with tempfile.TemporaryDirectory(prefix="kb-bench-") as tmp:
+        result = throughput(folder, Path(tmp), args.rescan_files)
+        result.update(latency(Path(tmp), args.latency_runs))
     print(json.dumps(result))
 
 

@@ -19,6 +19,7 @@ from ingest.parsing import Failed, Parsed
 from ingest.scan import Scanner
 from ingest.store import Store
 from kb.catalog import DOC_EMPTY, DOC_INDEXED, SRC_EMPTY, SRC_INDEXED, Catalog, Link
+from kb.errors import IndexMismatchError
 from kb.jobs import Defer, Done, Fail, Job, JobResult
 from kb.paths import display, from_uri
 
@@ -117,6 +118,13 @@ class IngestHandler:
             return Done(self._outcome(existed, not resumable.chunk_count))
         if doc is not None and doc.status not in (DOC_INDEXED, DOC_EMPTY):
             self.store.purge([doc.id])  # left half-written by a job that is gone
+        try:
+            self.store.index  # noqa: B018 - opening it checks the model before any parsing is spent
+        except IndexMismatchError:
+            if self.catalog.get_meta("reindex_target") is None:
+                raise
+            self.catalog.release_claims(job.id)
+            return Defer(30.0, "waiting for the reindex to the new embedding model to finish")
         assert ctx.parser is not None
         outcome = ctx.parser.parse(source, ctx.progress, ctx.stop_event)
         if isinstance(outcome, Failed):

@@ -15,6 +15,7 @@ from typing import Any
 
 from ingest.handlers import ForgetHandler, IngestHandler, ScanHandler
 from ingest.parsers.base import ParserRegistry
+from ingest.parsers.registry import default_registry
 from ingest.parsing import InlineParser, ParseConfig, ParserProcess
 from ingest.recovery import RecoveryReport, RepairHandler, recover
 from ingest.reindex import ReindexHandler, drop_stale_collections
@@ -34,13 +35,6 @@ from retrieval.search import Searcher, where_clause
 log = logging.getLogger(__name__)
 
 
-def parse_registry(config: ParseConfig) -> ParserRegistry:
-    """The registry factory parser processes use (module-level: it is pickled by name)."""
-    from ingest.parsers.registry import default_registry
-
-    return default_registry(config)
-
-
 class App:
     """Holds the long-lived components of one kb instance. Heavy pieces are built on first use."""
 
@@ -56,6 +50,22 @@ class App:
         self._index: VectorIndex | None = None
         self._index_lock = threading.Lock()
         self._runner: Runner | None = None
+        self._warm_parsers: dict[str, list[Any]] = {}
+
+    def warm_up(self, lanes: Sequence[str] = (LANE_FAST,)) -> None:
+        """Load the embedding model and start parser processes now, so the first file is not slow."""
+        self.embedder.embed(["warm up"])
+        self.index()
+        if self.settings.workers == 0:
+            self.inline_parser.warm_up()
+            return
+        for lane in lanes:
+            n = self.settings.workers if lane == LANE_FAST else self.settings.slow_workers
+            for _ in range(n):
+                parser = self.new_parser(lane)
+                parser.warm_up()
+                with self._index_lock:
+                    self._warm_parsers.setdefault(lane, []).append(parser)
 
     # -- components -------------------------------------------------------------------------------
     @cached_property
@@ -119,18 +129,23 @@ class App:
     @cached_property
     def inline_parser(self) -> InlineParser:
         """Parsing in this process: the registry for cheap questions, and all parsing when workers=0."""
-        return InlineParser(self.parse_config, parse_registry, chunker=self._chunker())
+        return InlineParser(self.parse_config, default_registry, chunker=self._chunker())
 
     def registry(self) -> ParserRegistry:
         return self.inline_parser.registry()
 
     def new_parser(self, lane: str) -> Any:
-        """A parser for one worker thread: its own process, or the inline parser when workers=0."""
+        """A parser for one worker thread: its own process (a warmed-up one if there is), or the inline
+        parser when workers=0."""
         s = self.settings
         if s.workers == 0:
             return self.inline_parser
+        with self._index_lock:
+            warm = self._warm_parsers.get(lane)
+            if warm:
+                return warm.pop()
         return ParserProcess(
-            self.parse_config, parse_registry, memory_mb=s.parse_memory_mb, stall_timeout_s=s.parse_timeout_s,
+            self.parse_config, default_registry, memory_mb=s.parse_memory_mb, stall_timeout_s=s.parse_timeout_s,
             max_seconds=s.parse_max_s, recycle_mb=s.parse_recycle_mb,
         )
 
@@ -192,7 +207,14 @@ class App:
 
     def start_workers(self, batch: str | None = None) -> Runner:
         s = self.settings
-        lanes = {LANE_FAST: max(1, s.workers), LANE_SLOW: s.slow_workers, LANE_MAINT: 1}
+        lanes: dict[str, tuple[list[str], int]]
+        if s.workers == 0:  # one in-process parser, not thread-safe: one thread parses everything
+            lanes = {LANE_FAST: ([LANE_FAST, LANE_SLOW], 1), LANE_MAINT: ([LANE_MAINT], 1)}
+        else:
+            lanes = {
+                LANE_FAST: ([LANE_FAST], s.workers), LANE_SLOW: ([LANE_SLOW], s.slow_workers),
+                LANE_MAINT: ([LANE_MAINT], 1),
+            }
         self._runner = Runner(self.jobs, self.handlers(), lanes, self.new_parser, batch=batch)
         self._runner.start()
         return self._runner
@@ -344,6 +366,9 @@ class App:
 
     def close(self) -> None:
         self.stop_workers(grace_s=0)
+        for parsers in self._warm_parsers.values():
+            for p in parsers:
+                p.close()
         if "inline_parser" in self.__dict__:
             self.inline_parser.close()
         self.catalog.close()

@@ -14,7 +14,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ingest.handlers import JobContext
@@ -31,7 +31,7 @@ class Runner:
     """Runs queued jobs until stopped. With `batch`, only that batch's jobs (a one-off CLI command)."""
 
     def __init__(
-        self, jobs: JobQueue, handlers: Mapping[str, Handler], lanes: Mapping[str, int],
+        self, jobs: JobQueue, handlers: Mapping[str, Handler], lanes: Mapping[str, tuple[Sequence[str], int]],
         parser_factory: Callable[[str], Any], *, batch: str | None = None, heartbeat_s: float = 10.0,
         progress_every_s: float = 0.5,
     ) -> None:
@@ -51,9 +51,11 @@ class Runner:
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
-        for lane, n in self.lanes.items():
+        for lane, (claims, n) in self.lanes.items():
             for i in range(n):
-                t = threading.Thread(target=self._loop, args=(lane,), name=f"kb-{lane}-{i}", daemon=True)
+                t = threading.Thread(
+                    target=self._loop, args=(lane, tuple(claims)), name=f"kb-{lane}-{i}", daemon=True
+                )
                 t.start()
                 self._threads.append(t)
         hb = threading.Thread(target=self._heartbeat, name="kb-heartbeat", daemon=True)
@@ -88,17 +90,18 @@ class Runner:
             return list(self._inflight.values())
 
     # -- work -------------------------------------------------------------------------------------
-    def _loop(self, lane: str) -> None:
+    def _loop(self, lane: str, claims: tuple[str, ...]) -> None:
+        """One worker thread: claim a job of its lanes, run it, record the result; its own parser process."""
         parser: Any = None
         while not self._stopping.is_set():
             try:
-                job = self.jobs.claim([lane], batch=self.batch)
+                job = self.jobs.claim(claims, batch=self.batch)
             except (sqlite3.Error, KbError) as exc:  # a locked or failing catalog: wait, do not die
                 log.error("cannot claim a job: %s", exc)
                 self._stopping.wait(2.0)
                 continue
             if job is None:
-                due = self.jobs.next_due([lane])
+                due = self.jobs.next_due(claims)
                 wait = 1.0 if due is None else max(0.01, min(1.0, due - self.jobs.clock()))
                 self.jobs.wait(wait)
                 continue

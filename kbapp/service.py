@@ -91,7 +91,7 @@ def run_service(app: App, lock: WriteLock, *, scan_interval_s: float, echo: Call
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     owner = Owner(app, lock)
     try:
-        app.embedder.embed(["warm up"])  # the model loads now, not inside the first person's search
+        app.warm_up()  # the model and a parser process load now, not inside the first person's request
         app.start_workers()
         for p in app.settings.inbox:
             p.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ from typing import Any
 
 from kb.catalog import DOC_INDEXED, Catalog, ChunkRecord, DocumentRecord
 from kb.embedding import Embedder
+from kb.errors import IndexMismatchError
 from kb.index import VectorIndex
 
 RRF_K = 60
@@ -53,13 +54,23 @@ class Searcher:
         self._index = index
         self.embedder = embedder
 
+    def _dense(self, query: str, depth: int, where: dict[str, Any] | None) -> list[tuple[str, float]]:
+        try:
+            index = self._index()
+        except IndexMismatchError:
+            # The vectors are being rebuilt for a new model: keywords answer meanwhile, not an error.
+            if self.catalog.get_meta("reindex_target") is None:
+                raise
+            return []
+        vector = self.embedder.embed([query])[0]
+        return index.query(vector, depth, where)
+
     def search(self, query: str, k: int = 10, where: dict[str, Any] | None = None) -> list[Hit]:
         query = query.strip()
         if not query:
             return []
         depth = max(4 * k, 40)
-        vector = self.embedder.embed([query])[0]
-        dense = self._index().query(vector, depth, where)
+        dense = self._dense(query, depth, where)
         lexical = [] if where else self.catalog.lexical_search(query, depth)
         fused: dict[str, float] = {}
         for ranked in (dense, lexical):

@@ -12,10 +12,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from kbapp.app import App
 from kb.embedding import HashEmbedder, SentenceTransformerEmbedder
 from kb.models import offline_environment
 from kb.settings import load_settings
+from kbapp.app import App
 
 offline_environment()
 REPO = Path(__file__).resolve().parent.parent

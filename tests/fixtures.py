@@ -232,3 +232,52 @@ def write_bad_inputs(folder: Path) -> dict[str, Path]:
     (sub / "fine.md").write_text("# Fine\n\nThis file is perfectly fine and mentions zeppelins.\n")
     f["fine"] = sub / "fine.md"
     return f
+
+
+# -- hostile input -------------------------------------------------------------------------------------
+def write_zip_bomb_docx(path: Path, member_mib: int = 300) -> Path:
+    """A DOCX whose word/document.xml inflates to `member_mib` MiB from about 1 MiB on disk.
+
+    Written through ZipFile.open(..., "w") a chunk at a time, so the test never holds the payload.
+    """
+    run = b"<w:p><w:r><w:t>" + b"a" * 64 + b"</w:t></w:r></w:p>"
+    chunk = (run * (2**20 // len(run) + 1))[: 2**20]
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("[Content_Types].xml", '<?xml version="1.0"?><Types xmlns="http://schemas.openxmlformats.org/'
+                   'package/2006/content-types"/>')
+        z.writestr("_rels/.rels", '<?xml version="1.0"?><Relationships xmlns="http://schemas.openxmlformats.org/'
+                   'package/2006/relationships"/>')
+        with z.open("word/document.xml", "w", force_zip64=True) as f:
+            f.write(b'<?xml version="1.0"?><w:document xmlns:w="http://schemas.openxmlformats.org/'
+                    b'wordprocessingml/2006/main"><w:body>')
+            for _ in range(member_mib):
+                f.write(chunk)
+            f.write(b"</w:body></w:document>")
+    return path
+
+
+def write_blank_pdf(path: Path, pages: int) -> Path:
+    """A PDF of `pages` empty pages (no text layer, nothing drawn)."""
+    from reportlab.lib.pagesizes import A4
+    from reportlab.pdfgen import canvas
+
+    c = canvas.Canvas(str(path), pagesize=A4)
+    for _ in range(pages):
+        c.showPage()
+    c.save()
+    return path
+
+
+def many_part_message(words: list[str]) -> email.message.EmailMessage:
+    """A multipart/mixed message with one text/plain body part per word."""
+    m = email.message.EmailMessage()
+    m["From"] = "Digest Robot <digest@example.org>"
+    m["To"] = "reader@example.org"
+    m["Subject"] = "Daily digest"
+    m["Date"] = "Mon, 06 May 2024 08:30:00 +0200"
+    m.make_mixed()
+    for w in words:
+        part = email.message.EmailMessage()
+        part.set_content(f"Today's entry mentions {w} once.\n")
+        m.attach(part)
+    return m

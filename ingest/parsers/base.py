@@ -155,6 +155,13 @@ class ParserRegistry:
             if warm is not None:
                 warm()
 
+    def parsers(self) -> list[Parser]:
+        """Each registered parser once (the text fallback included)."""
+        found = {id(p): p for p in self._by_type.values()}
+        if self._text is not None:
+            found[id(self._text)] = self._text
+        return list(found.values())
+
     def types(self) -> list[str]:
         return sorted(self._by_type)
 

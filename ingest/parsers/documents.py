@@ -13,7 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from ingest.errors import CorruptFile, EncryptedFile, IngestError
-from ingest.parsers.base import CODE, LIST_ITEM, TABLE, TEXT, TITLE, Element, ParsedDocument
+from ingest.parsers.base import CODE, LIST_ITEM, TABLE, TEXT, TITLE, Element, ParsedDocument, ProgressFn, Source
+from ingest.parsers.files import plain_path
+from ingest.parsers.htmltext import decode_html, html_elements
+from ingest.parsers.mail import content_type_encrypted
 from ingest.parsers.textutil import clean
 
 log = logging.getLogger(__name__)
@@ -30,13 +33,21 @@ PARTITIONERS: dict[str, tuple[str, str]] = {
     "markdown": ("md", "partition_md"),
     "rst": ("rst", "partition_rst"),
     "org": ("org", "partition_org"),
-    "eml": ("email", "partition_email"),
     "msg": ("msg", "partition_msg"),
     "epub": ("epub", "partition_epub"),
     "odt": ("odt", "partition_odt"),
     "rtf": ("rtf", "partition_rtf"),
 }
 ZIP_TYPES = {"docx", "pptx", "xlsx", "epub", "odt"}
+HTML_TYPES = {"html", "htm", "xhtml"}
+# A zip member larger than this that also compresses better than MAX_RATIO:1 is a bomb, not a document:
+# real document XML compresses 5-30:1, and deflate cannot do better than about 1,030:1.
+MAX_MEMBER_BYTES = 64 * 1024**2
+MAX_RATIO = 100
+# XML parts are parsed into trees many times their size; past this much XML a document is refused whatever
+# its compression (a real 200 MB spreadsheet holds well under 1 GiB of XML).
+MAX_XML_BYTES = 1024**3
+XML_SUFFIXES = (".xml", ".rels", ".xhtml", ".html", ".htm", ".opf", ".ncx", ".svg")
 OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 _SKIP = {"Header", "Footer", "PageNumber", "PageBreak", "Image"}
 _KIND = {"Title": TITLE, "ListItem": LIST_ITEM, "Table": TABLE, "CodeSnippet": CODE, "Formula": CODE}
@@ -92,9 +103,16 @@ class UnstructuredParser:
     """Structured elements (titles, paragraphs, list items, tables) from unstructured's partitioners."""
 
     name = "unstructured"
+    # 2: zip bombs refused per member, HTML that unstructured cannot read falls back to the stdlib tokenizer.
+    version = 2
 
-    def __init__(self, max_unpacked_bytes: int = 2 * 1024**3) -> None:
+    def __init__(
+        self, max_unpacked_bytes: int = 2 * 1024**3, max_member_bytes: int = MAX_MEMBER_BYTES,
+        max_xml_bytes: int = MAX_XML_BYTES,
+    ) -> None:
         self._max_unpacked = max_unpacked_bytes
+        self._max_member = max_member_bytes
+        self._max_xml = min(max_xml_bytes, max_unpacked_bytes)
         self._fns: dict[str, Callable[..., list[Any]]] = {}
 
     def warm_up(self) -> None:
@@ -112,38 +130,57 @@ class UnstructuredParser:
             self._fns[file_type] = getattr(importlib.import_module(f"unstructured.partition.{module}"), fn)
         return self._fns[file_type]
 
-    def parse(self, path: Path, file_type: str) -> ParsedDocument:
+    def parse(self, source: Source, file_type: str, progress: ProgressFn) -> ParsedDocument:
+        with source.local_file() as local, plain_path(local, file_type) as path:
+            return self._parse_file(path, file_type)
+
+    def _parse_file(self, path: Path, file_type: str) -> ParsedDocument:
         self._check_container(path, file_type)
         kwargs: dict[str, Any] = {"filename": str(path)}
-        if file_type in ("eml", "msg"):
+        if file_type == "msg":
             kwargs["process_attachments"] = False
+        is_html = file_type in HTML_TYPES
+        failure: str | None = None
         try:
             raw = self._partitioner(file_type)(**kwargs)
         except IngestError:
             raise
         except (zipfile.BadZipFile, KeyError) as exc:
             raise CorruptFile(f"damaged or truncated {file_type.upper()} file ({exc})") from None
-        except Exception as exc:
-            raise CorruptFile(f"could not read {file_type.upper()} file: {type(exc).__name__}: {exc}") from None
-        if not raw and file_type in ("eml", "msg") and _mail_encrypted(path, file_type):
+        except Exception as exc:  # RecursionError included: deep nesting is what the HTML fallback is for
+            if not is_html:
+                raise CorruptFile(f"could not read {file_type.upper()} file: {type(exc).__name__}: {exc}") from None
+            raw, failure = [], f"{type(exc).__name__}: {exc}"
+        if not raw and file_type == "msg" and _msg_encrypted(path):
             raise EncryptedFile("encrypted e-mail (PGP or S/MIME): its text cannot be read without the key")
         elements = [e for e in (_element(r) for r in raw) if e is not None]
         doc = ParsedDocument(elements=elements)
+        if is_html and not elements:
+            # lxml gives up on very deep or very broken markup and unstructured then returns nothing; the
+            # stdlib tokenizer has no depth limit, so the text is kept rather than recorded as empty.
+            doc.elements = html_elements(decode_html(path.read_bytes()))
+            doc.meta["html_fallback"] = failure or "unstructured found no elements"
         try:
             _metadata(path, file_type, raw, doc)
         except Exception as exc:  # metadata is a bonus: never lose the text over it
             log.debug("metadata of %s: %s", path, exc)
-        if file_type in ("eml", "msg"):
+        if file_type == "msg":
             doc.kind = "mail"
             header = _mail_header(raw)
             if header:
                 doc.elements.insert(0, Element(header, TEXT))
         if not doc.title:
-            doc.title = next((e.text for e in elements if e.kind == TITLE and len(e.text) < 200), None)
+            doc.title = next((e.text for e in doc.elements if e.kind == TITLE and len(e.text) < 200), None)
         return doc
 
     def _check_container(self, path: Path, file_type: str) -> None:
-        """Refuse encrypted Office files and zip bombs before handing them to a parser."""
+        """Refuse encrypted Office files and zip bombs before handing them to a parser.
+
+        A zip bomb is refused on the sizes its directory declares (Python's zipfile, which the Office
+        readers use, never inflates a member past its declared size): a single member that inflates past
+        max_member_bytes at more than MAX_RATIO:1, XML members that together exceed max_xml_bytes (they
+        are parsed into trees many times their size), or a total past max_unpacked_bytes.
+        """
         if file_type not in ZIP_TYPES:
             return
         with path.open("rb") as f:
@@ -155,30 +192,35 @@ class UnstructuredParser:
             )
         try:
             with zipfile.ZipFile(path) as z:
-                total = sum(i.file_size for i in z.infolist())
-        except zipfile.BadZipFile:
+                infos = z.infolist()
+        except (zipfile.BadZipFile, OSError, ValueError):
             raise CorruptFile(f"damaged or truncated {file_type.upper()} file (not a valid zip container)") from None
+        what = f"{file_type.upper()} file refused as a zip bomb"
+        for info in infos:
+            ratio = info.file_size / max(1, info.compress_size)
+            if info.file_size > self._max_member and ratio > MAX_RATIO:
+                raise CorruptFile(
+                    f"{what}: its part {info.filename!r} unpacks to {_mib(info.file_size)} from "
+                    f"{_mib(info.compress_size)} ({ratio:,.0f}:1)"
+                )
+        xml = sum(i.file_size for i in infos if i.filename.lower().endswith(XML_SUFFIXES))
+        total = sum(i.file_size for i in infos)
+        if xml > self._max_xml:
+            raise CorruptFile(f"{what}: its XML parts unpack to {_mib(xml)} (limit {_mib(self._max_xml)})")
         if total > self._max_unpacked:
-            raise CorruptFile(
-                f"{file_type.upper()} file unpacks to {total / 1024**3:.1f} GiB: refused as a zip bomb"
-            )
+            raise CorruptFile(f"{what}: unpacks to {_mib(total)} (limit {_mib(self._max_unpacked)})")
 
 
-def _mail_encrypted(path: Path, file_type: str) -> bool:
-    """Whether a message's body is encrypted (multipart/encrypted or S/MIME enveloped data)."""
-    if file_type == "eml":
-        from email.parser import BytesHeaderParser
+def _mib(n: int) -> str:
+    return f"{n / 1024**2:,.1f} MiB"
 
-        with path.open("rb") as f:
-            content_type = BytesHeaderParser().parse(f).get("Content-Type", "")
-    else:
-        from oxmsg import Message
 
-        content_type = Message.load(str(path)).message_headers.get("Content-Type", "")
-    content_type = content_type.lower()
-    return "multipart/encrypted" in content_type or (
-        "pkcs7-mime" in content_type and "signed-data" not in content_type
-    )
+def _msg_encrypted(path: Path) -> bool:
+    """Whether an Outlook message's body is encrypted (multipart/encrypted or S/MIME enveloped data)."""
+    from oxmsg import Message
+
+    content_type = Message.load(str(path)).message_headers.get("Content-Type", "")
+    return content_type_encrypted(content_type)
 
 
 def _element(raw: Any) -> Element | None:
@@ -228,15 +270,16 @@ def _metadata(path: Path, file_type: str, raw: list[Any], doc: ParsedDocument) -
         _office_props(path, file_type, doc)
     elif file_type in ("odt", "epub"):
         _zip_xml_props(path, file_type, doc)
-    elif file_type in ("html", "htm", "xhtml"):
-        head = path.read_bytes()[:65536].decode("utf-8", errors="replace")
+    elif file_type in HTML_TYPES:
+        with path.open("rb") as f:
+            head = f.read(65536).decode("utf-8", errors="replace")
         m = re.search(r"<title[^>]*>(.*?)</title>", head, re.S | re.I)
         if m:
             doc.title = clean(html.unescape(_TAG.sub(" ", m.group(1)))) or None
         m = re.search(r'<meta\s+name=["\']author["\']\s+content=["\']([^"\']+)', head, re.I)
         if m:
             doc.author = html.unescape(m.group(1)).strip()
-    elif file_type in ("eml", "msg") and raw:
+    elif file_type == "msg" and raw:
         md = raw[0].metadata
         doc.title = getattr(md, "subject", None) or None
         sent_from = getattr(md, "sent_from", None)
@@ -245,25 +288,47 @@ def _metadata(path: Path, file_type: str, raw: list[Any], doc: ParsedDocument) -
 
 
 def _office_props(path: Path, file_type: str, doc: ParsedDocument) -> None:
-    props: Any
-    if file_type == "docx":
-        import docx
+    """Title, author and dates from an Office file's core properties (docProps/core.xml).
 
-        props = docx.Document(str(path)).core_properties
-    elif file_type == "pptx":
-        import pptx
+    Read straight from the zip rather than through python-docx/pptx/openpyxl, which would parse the whole
+    document a second time just to reach these few fields.
+    """
+    import xml.etree.ElementTree as ET
 
-        props = pptx.Presentation(str(path)).core_properties
-    else:
-        import openpyxl
+    with zipfile.ZipFile(path) as z:
+        name = "docProps/core.xml"
+        try:
+            rels = ET.fromstring(z.read("_rels/.rels"))
+            for rel in rels:
+                if rel.get("Type", "").endswith("/core-properties") and rel.get("Target"):
+                    name = rel.get("Target", name).lstrip("/")
+        except (KeyError, ET.ParseError):
+            pass
+        try:
+            root = ET.fromstring(z.read(name))
+        except KeyError:
+            return
+    fields: dict[str, str] = {}
+    for el in root:
+        local = el.tag.rsplit("}", 1)[-1]
+        if el.text and el.text.strip():
+            fields.setdefault(local, el.text.strip())
+    doc.title = fields.get("title")
+    doc.author = fields.get("creator")
+    doc.created_at = _w3c_date(fields.get("created"))
+    doc.modified_at = _w3c_date(fields.get("modified"))
 
-        wb = openpyxl.load_workbook(str(path), read_only=True)
-        props = wb.properties
-        wb.close()
-    doc.title = (props.title or "").strip() or None
-    doc.author = (getattr(props, "author", None) or getattr(props, "creator", None) or "").strip() or None
-    doc.created_at = props.created.isoformat() if props.created else None
-    doc.modified_at = props.modified.isoformat() if props.modified else None
+
+def _w3c_date(value: str | None) -> str | None:
+    """An Office W3CDTF date ('2024-05-03T10:00:00Z') as naive ISO 8601, as the Office libraries give it."""
+    if not value:
+        return None
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).replace(tzinfo=None).isoformat()
+    except ValueError:
+        return None
 
 
 def _zip_xml_props(path: Path, file_type: str, doc: ParsedDocument) -> None:

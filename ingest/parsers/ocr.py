@@ -25,18 +25,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ingest.errors import CorruptFile, FileTooLarge, IngestError
-from ingest.parsers.base import Element, ParsedDocument
-from ingest.parsers.pdf import PdfParser, lines_to_elements, page_lines
+from ingest.parsers.base import Element, ParsedDocument, ProgressFn, Source
+from ingest.parsers.pdf import MAX_PAGES, PdfParser, lines_to_elements
 from kb.errors import ModelMissingError
-from kb.progress import optional_board
 
 if TYPE_CHECKING:
     from PIL import Image
-
-    from kb.progress import ProgressBoard
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +41,13 @@ IMAGE_TYPES = ("png", "jpg", "jpeg", "tif", "tiff", "bmp", "gif", "webp")
 PDF_DPI = 300
 # A page rendered for OCR is capped in pixels (an A0 poster at 300 dpi would be 140 MP).
 MAX_RENDER_PIXELS = 50_000_000
-# PdfParser OCRs pages whose text layer has fewer characters than this; mirrored here for look-ahead.
-MIN_TEXT_CHARS = 20
+# Blank-page check: the page is looked at with its longer side about this many pixels (~50 dpi for A4), where
+# scanner dust and noise average away but a short word still leaves BLANK_MIN_INK pixels that differ from
+# the paper by more than BLANK_CONTRAST grey levels. Measured on generated pages: a full page of mid-grey
+# text ~3,000 such pixels, a lone "Yes" ~60, a tiny "ok" ~19; 0.2 % black specks 0, 1 % specks ~23.
+BLANK_CHECK_PX = 600
+BLANK_CONTRAST = 56
+BLANK_MIN_INK = 16
 # Below this mean word confidence (0-100) a page may be sideways or upside down: try the other rotations.
 LOW_CONFIDENCE = 60.0
 # Words below this confidence without a single letter or digit are specks and picture edges, not text.
@@ -244,15 +246,18 @@ class TesseractOcr:
             return self._pool.submit(self.ocr, image, page, dpi)
 
     def ocr_pages(self, pages: Iterable[tuple[int, Image.Image, int | None]]) -> Iterator[PageOcr]:
-        """OCR (page, image, dpi) items in order, up to `threads` at once; images are pulled lazily."""
-        self.check()
-        if self.threads == 1:
-            for page, img, dpi in pages:
-                yield self.ocr(img, page, dpi)
-            return
+        """OCR (page, image, dpi) items in order, up to `threads` at once; images are pulled lazily.
+
+        Tesseract is checked at the first page, so a document whose pages are all skipped needs none.
+        """
         items = iter(pages)
         first = next(items, None)
         if first is None:
+            return
+        self.check()
+        if self.threads == 1:
+            for page, img, dpi in itertools.chain((first,), items):
+                yield self.ocr(img, page, dpi)
             return
         second = next(items, None)
         if second is None:  # a lone page: spend the idle threads inside it
@@ -297,6 +302,32 @@ def _has_ink(img: Image.Image) -> bool:
     hist = img.histogram()
     total = sum(hist) or 1
     return sum(hist[:128]) / total > 0.0005
+
+
+def ink_pixels(img: Image.Image, contrast: int = BLANK_CONTRAST) -> int:
+    """Pixels of a gray image that stand out from its background (the median) by more than `contrast`.
+
+    Relative to the background, so grey or yellowed paper, faint print and white-on-black all count.
+    """
+    hist = img.histogram()[:256]
+    half, seen, background = sum(hist) / 2, 0, 255
+    for level, n in enumerate(hist):
+        seen += n
+        if seen >= half:
+            background = level
+            break
+    return sum(hist[: max(0, background - contrast)]) + sum(hist[background + contrast + 1 :])
+
+
+def is_blank(img: Image.Image) -> bool:
+    """Whether a gray page image has essentially no ink: not worth a tesseract run.
+
+    Looked at shrunk to about BLANK_CHECK_PX (box-averaged, so scanner dust and noise fade into the
+    background while even a short word stays dark): cheap next to OCR.
+    """
+    factor = max(1, round(max(img.size) / BLANK_CHECK_PX))
+    small = img.reduce(factor) if factor > 1 else img
+    return ink_pixels(small) < BLANK_MIN_INK
 
 
 def _blank_row_near_middle(img: Image.Image, min_gap: int = 8) -> int | None:
@@ -383,11 +414,11 @@ def summarise(pages: list[PageOcr]) -> dict[str, Any]:
 
 
 # -- images ----------------------------------------------------------------------------------------
-def _open_image(path: Path) -> Image.Image:
+def _open_image(f: BinaryIO) -> Image.Image:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        img = Image.open(path)
+        img = Image.open(f)
         img.load()  # decode now: truncation and bad data surface here, not halfway through OCR
         return img
     except Image.DecompressionBombError:
@@ -444,38 +475,51 @@ def _exif_date(img: Image.Image) -> str | None:
 
 
 class ImageOcrParser:
-    """Scans and photos of text: every page OCR'd, one or more elements per page, kind 'scan'."""
+    """Scans and photos of text: every page OCR'd, one or more elements per page, kind 'scan'.
+
+    Blank pages of a multi-page TIFF are skipped (a lone image is always read, to report its reading),
+    and pages past `max_pages` are not read at all.
+    """
 
     name = "ocr"
+    # 2: blank TIFF pages are not OCR'd; pages past max_pages are skipped with a warning.
+    version = 2
 
-    def __init__(self, ocr: TesseractOcr, progress_db: str | None = None) -> None:
+    def __init__(self, ocr: TesseractOcr, max_pages: int = MAX_PAGES) -> None:
         self.ocr = ocr
-        self.progress_db = progress_db
+        self.max_pages = max(1, max_pages)
 
-    def parse(self, path: Path, file_type: str) -> ParsedDocument:
+    def parse(self, source: Source, file_type: str, progress: ProgressFn) -> ParsedDocument:
         self.ocr.check()  # a missing language is the clearer error, before the image is even read
-        img = _open_image(path)
-        try:
-            n = getattr(img, "n_frames", 1) if file_type in ("tif", "tiff") else 1
-            created = _exif_date(img)
-            board = optional_board(self.progress_db) if n > 1 else None
-            pages: list[PageOcr] = []
+        with source.open() as f:
+            img = _open_image(f)
             try:
-                for res in self.ocr.ocr_pages(_frames(img, n)):
+                frames = getattr(img, "n_frames", 1) if file_type in ("tif", "tiff") else 1
+                n = min(frames, self.max_pages)
+                created = _exif_date(img)
+                pages: list[PageOcr] = []
+                blank: list[int] = []
+
+                def to_read() -> Iterator[tuple[int, Image.Image, int | None]]:
+                    for page, gray, dpi in _frames(img, n):
+                        if n > 1 and is_blank(gray):
+                            blank.append(page)
+                            progress("ocr", len(pages) + len(blank), n)
+                            continue
+                        yield page, gray, dpi
+
+                for res in self.ocr.ocr_pages(to_read()):
                     pages.append(res)
-                    if board is not None:
-                        board.update(str(path), "ocr", len(pages), n)
+                    progress("ocr", len(pages) + len(blank), n)
             finally:
-                if board is not None:
-                    board.clear(str(path))
-                    board.close()
-        finally:
-            img.close()
+                img.close()
+        meta: dict[str, Any] = {"pages": frames, "ocr_pages": len(pages), "blank_pages": len(blank),
+                                **summarise(pages)}
+        if n < frames:
+            meta["pages_skipped"] = frames - n
+            meta["warnings"] = [f"only the first {n:,} of {frames:,} pages were read (the max_pages setting)"]
         return ParsedDocument(
-            elements=[e for p in pages for e in p.elements],
-            kind="scan",
-            created_at=created,
-            meta={"pages": n, "ocr_pages": n, **summarise(pages)},
+            elements=[e for p in pages for e in p.elements], kind="scan", created_at=created, meta=meta,
         )
 
 
@@ -496,69 +540,68 @@ def render_page(pdf: Any, index: int, dpi: int = PDF_DPI) -> tuple[Image.Image, 
     return to_gray(img), round(scale * 72)
 
 
-def needs_ocr(pdf: Any, index: int) -> bool:
-    """Whether a page lacks a usable text layer (the same test PdfParser applies)."""
+def pdf_page_blank(pdf: Any, index: int) -> bool:
+    """Whether a PDF page shows essentially nothing: no page objects at all, or no ink at low resolution."""
+    import pypdfium2.raw as pdfium_c
+
     page = pdf[index]
     try:
-        return sum(len(ln) for ln in page_lines(page)) < MIN_TEXT_CHARS
+        if pdfium_c.FPDFPage_CountObjects(page.raw) == 0:
+            return True
+        w, h = page.get_size()
+        scale = BLANK_CHECK_PX / max(1.0, w, h)
+        img = page.render(scale=scale, grayscale=True).to_pil()
     finally:
         page.close()
+    return is_blank(to_gray(img))
 
 
-class PdfPageOcr:
-    """PdfParser's `ocr_page` hook: renders a text-less page at 300 dpi and OCRs it.
+class OcrPdfParser(PdfParser):
+    """PdfParser with OCR for pages that have no text layer; adds per-page OCR confidence to meta.
 
-    PdfParser asks for pages one by one; with a thread budget above one this hook renders the next
-    text-less pages ahead (PDFium is not thread-safe, so rendering stays in the caller's thread) and
-    OCRs them in the pool meanwhile.
+    Text-less pages are checked for ink at low resolution first: a blank one costs milliseconds, not a
+    tesseract run. The rest are rendered at 300 dpi in this thread (PDFium is not thread-safe) while
+    earlier pages are being read by tesseract in the OCR thread pool.
     """
 
-    def __init__(self, ocr: TesseractOcr, progress_db: str | None = None) -> None:
+    ocr_enabled = True
+
+    def __init__(self, ocr: TesseractOcr, max_pages: int = MAX_PAGES) -> None:
+        super().__init__(max_pages=max_pages)
         self.ocr = ocr
-        self.progress_db = progress_db
-        self.results: list[PageOcr] = []
-        self._pdf: Any = None
-        self._pending: dict[int, Future[PageOcr]] = {}
-        self._scanned = -1
-        self._uri: str | None = None
-        self._board: ProgressBoard | None = None
 
-    def start(self, path: Path | None = None) -> None:
-        """Begin a new document (resets look-ahead state; enables progress reports for `path`)."""
-        self._reset(None)
-        self.results = []
-        self._uri = str(path) if path is not None else None
+    def ocr_pages(
+        self, pdf: Any, indices: list[int], progress: ProgressFn, meta: dict[str, Any]
+    ) -> dict[int, list[Element]]:
+        results: list[PageOcr] = []
+        blank: list[int] = []
+        total = len(indices)
 
-    def finish(self) -> list[PageOcr]:
-        """End the document: drop look-ahead work, clear its progress row, return the pages read."""
-        self._reset(None)
-        if self._board is not None and self._uri is not None:
-            self._board.clear(self._uri)
-        results, self.results = self.results, []
-        return results
+        def to_read() -> Iterator[tuple[int, Image.Image, int | None]]:
+            for i in indices:
+                if self._blank(pdf, i):
+                    blank.append(i + 1)
+                    progress("ocr", len(results) + len(blank), total)
+                    continue
+                img, dpi = self._render(pdf, i)
+                yield i + 1, img, dpi
 
-    def _reset(self, pdf: Any) -> None:
-        for fut in self._pending.values():
-            fut.cancel()
-        self._pending.clear()
-        self._scanned = -1
-        self._pdf = pdf
+        for res in self.ocr.ocr_pages(to_read()):
+            results.append(res)
+            progress("ocr", len(results) + len(blank), total)
+        meta["ocr_pages"] = len(results)
+        meta["blank_pages"] = len(blank)
+        if results:
+            meta.update(summarise(results))
+        return {r.page - 1: r.elements for r in results}
 
-    def __call__(self, pdf: Any, page_index: int) -> list[Element]:
-        if pdf is not self._pdf:
-            self._reset(pdf)
-        for stale in [k for k in self._pending if k < page_index]:
-            self._pending.pop(stale).cancel()
-        self._prefetch(pdf, page_index)
-        fut = self._pending.pop(page_index, None)
-        if fut is not None:
-            res = fut.result()
-        else:
-            img, dpi = self._render(pdf, page_index)
-            res = self.ocr.ocr(img, page_index + 1, dpi, bands=self.ocr.threads)
-        self.results.append(res)
-        self._report(page_index + 1, len(pdf))
-        return res.elements
+    def _blank(self, pdf: Any, index: int) -> bool:
+        import pypdfium2 as pdfium
+
+        try:
+            return pdf_page_blank(pdf, index)
+        except pdfium.PdfiumError:
+            return False  # let the full render report the damage
 
     def _render(self, pdf: Any, index: int) -> tuple[Image.Image, int]:
         import pypdfium2 as pdfium
@@ -567,46 +610,3 @@ class PdfPageOcr:
             return render_page(pdf, index)
         except pdfium.PdfiumError as exc:
             raise CorruptFile(f"page {index + 1} of the PDF cannot be rendered for OCR ({exc})") from None
-
-    def _prefetch(self, pdf: Any, index: int) -> None:
-        if self.ocr.threads <= 1:
-            return  # nothing would run alongside: render when asked
-        self.ocr.check()
-        j = max(index, self._scanned + 1)
-        todo: list[int] = []
-        while len(self._pending) + len(todo) < self.ocr.threads and j < len(pdf):
-            if j == index or needs_ocr(pdf, j):
-                todo.append(j)
-            self._scanned = j
-            j += 1
-        if todo == [index] and not self._pending and j >= len(pdf):
-            return  # the last page to OCR: __call__ reads it alone, in bands over the idle threads
-        for k in todo:
-            img, dpi = self._render(pdf, k)
-            self._pending[k] = self.ocr.submit(img, k + 1, dpi)
-
-    def _report(self, done: int, total: int) -> None:
-        if self._uri is None or total < 2:
-            return
-        if self._board is None:
-            self._board = optional_board(self.progress_db)
-        if self._board is not None:
-            self._board.update(self._uri, "ocr", done, total)
-
-
-class OcrPdfParser(PdfParser):
-    """PdfParser with OCR for pages that have no text layer; adds per-page OCR confidence to meta."""
-
-    def __init__(self, ocr: TesseractOcr, progress_db: str | None = None) -> None:
-        self.hook = PdfPageOcr(ocr, progress_db)
-        super().__init__(ocr_page=self.hook)
-
-    def parse(self, path: Path, file_type: str) -> ParsedDocument:
-        self.hook.start(path)
-        try:
-            doc = super().parse(path, file_type)
-        finally:
-            pages = self.hook.finish()
-        if pages:
-            doc.meta.update(summarise(pages))
-        return doc

@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from ingest.errors import CorruptFile, EncryptedFile
-from ingest.parsers.base import TEXT, TITLE, Element, ParsedDocument
+from ingest.parsers.base import TEXT, TITLE, Element, ParsedDocument, ProgressFn, Source
 from ingest.parsers.text import _is_heading
 from ingest.parsers.textutil import clean
 
 _NUM = re.compile(r"\d+")
 _PDF_DATE = re.compile(r"D:(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?")
 _NUMBERED = re.compile(r"^(\d+(\.\d+)*)\.?\s+[A-Z]")
+# Pages whose text layer has fewer characters than this are treated as scans (OCR'd when OCR is on).
+MIN_TEXT_CHARS = 20
+MAX_PAGES = 2000
 _SECTION = re.compile(r"^\d+(\.\d+)+\.?\s+\S")  # "1.5 The shell": a heading even mid-paragraph
 
 
@@ -118,42 +120,68 @@ def lines_to_elements(lines: list[str], page: int, skip: set[str], ocr: bool = F
 
 
 class PdfParser:
-    """PDFs with a text layer; pages without one are handed to `ocr_page` when OCR is configured."""
+    """PDFs with a text layer. Subclasses OCR the pages without one (`ocr_pages`).
+
+    At most `max_pages` pages are read; the rest of a longer PDF is recorded as skipped with a warning.
+    """
 
     name = "pdf"
+    # 2: pages past max_pages are skipped with a warning; blank pages are not OCR'd.
+    version = 2
+    ocr_enabled = False
 
-    def __init__(self, ocr_page: Callable[[Any, int], list[Element]] | None = None) -> None:
-        self._ocr_page = ocr_page
+    def __init__(self, max_pages: int = MAX_PAGES) -> None:
+        self.max_pages = max(1, max_pages)
 
-    def parse(self, path: Path, file_type: str) -> ParsedDocument:
-        pdf = open_pdf(path)
-        try:
-            meta = pdf_metadata(pdf)
-            n = len(pdf)
-            pages: list[list[str]] = []
-            for i in range(n):
-                page = pdf[i]
-                try:
-                    pages.append(page_lines(page))
-                finally:
-                    page.close()
-            skip = running_lines(pages)
-            elements: list[Element] = []
-            ocr_pages = 0
-            for i, lines in enumerate(pages):
-                if self._ocr_page is not None and sum(len(ln) for ln in lines) < 20:
-                    elements += self._ocr_page(pdf, i)
-                    ocr_pages += 1
-                else:
-                    elements += lines_to_elements(lines, i + 1, skip)
-        finally:
-            pdf.close()
+    def parse(self, source: Source, file_type: str, progress: ProgressFn) -> ParsedDocument:
+        with source.local_file() as path:
+            pdf = open_pdf(path)
+            try:
+                return self._parse_pdf(pdf, progress)
+            finally:
+                pdf.close()
+
+    def _parse_pdf(self, pdf: Any, progress: ProgressFn) -> ParsedDocument:
+        meta = pdf_metadata(pdf)
+        n = len(pdf)
+        read = min(n, self.max_pages)
+        pages: list[list[str]] = []
+        for i in range(read):
+            page = pdf[i]
+            try:
+                pages.append(page_lines(page))
+            finally:
+                page.close()
+            if (i + 1) % 100 == 0:
+                progress("pages", i + 1, read)
+        skip = running_lines(pages)
+        textless = [i for i, lines in enumerate(pages) if sum(len(ln) for ln in lines) < MIN_TEXT_CHARS]
+        doc_meta: dict[str, Any] = {"pages": n}
+        ocr = self.ocr_pages(pdf, textless, progress, doc_meta)
+        elements: list[Element] = []
+        for i, lines in enumerate(pages):
+            if i in ocr:
+                elements += ocr[i]
+            else:
+                elements += lines_to_elements(lines, i + 1, skip)
+        if read < n:
+            doc_meta["pages_skipped"] = n - read
+            doc_meta.setdefault("warnings", []).append(
+                f"only the first {read:,} of {n:,} pages were read (the max_pages setting)"
+            )
         return ParsedDocument(
             elements=elements,
-            kind="scan" if ocr_pages and ocr_pages == n else "document",
+            kind="scan" if self.ocr_enabled and read and len(textless) == read else "document",
             title=meta["title"],
             author=meta["author"],
             created_at=meta["created_at"],
             modified_at=meta["modified_at"],
-            meta={"pages": n, "ocr_pages": ocr_pages},
+            meta=doc_meta,
         )
+
+    def ocr_pages(
+        self, pdf: Any, indices: list[int], progress: ProgressFn, meta: dict[str, Any]
+    ) -> dict[int, list[Element]]:
+        """Elements of the pages at `indices` (0-based, no text layer) read some other way; none here."""
+        meta["ocr_pages"] = 0
+        return {}

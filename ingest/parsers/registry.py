@@ -1,10 +1,15 @@
-"""The default parser registry: which parser reads which file type."""
+"""The default parser registry: which parser reads which file type.
+
+Worker processes import this module to build their own registry, so it imports only parsers and the
+parse configuration (kb core and ingest), never the application.
+"""
 
 from __future__ import annotations
 
 from ingest.parsers.audio import MEDIA_TYPES, WhisperParser
 from ingest.parsers.base import ParserRegistry
 from ingest.parsers.documents import PARTITIONERS, UnstructuredParser
+from ingest.parsers.mail import EmailParser
 from ingest.parsers.ocr import IMAGE_TYPES, ImageOcrParser, OcrPdfParser, TesseractOcr
 from ingest.parsers.text import DelimitedParser, TextParser
 from ingest.parsing import ParseConfig
@@ -25,13 +30,14 @@ def default_registry(config: ParseConfig | int) -> ParserRegistry:
     reg.register(text, *TEXT_TYPES)
     reg.register_text_fallback(text)
     reg.register(DelimitedParser(), "csv", "tsv")
-    reg.register(OcrPdfParser(ocr, progress_db=config.progress_db), "pdf")
+    reg.register(OcrPdfParser(ocr, max_pages=config.max_pages), "pdf")
     reg.register(UnstructuredParser(max_unpacked_bytes=config.max_unpacked_bytes), *PARTITIONERS)
-    reg.register(ImageOcrParser(ocr, progress_db=config.progress_db), *IMAGE_TYPES)
+    reg.register(EmailParser(), "eml")
+    reg.register(ImageOcrParser(ocr, max_pages=config.max_pages), *IMAGE_TYPES)
     reg.register(
         WhisperParser(
             config.whisper_model, language=config.whisper_language, threads=config.threads,
-            models_dir=config.models_dir, progress_db=config.progress_db,
+            models_dir=config.models_dir,
         ),
         *MEDIA_TYPES,
     )

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 from ingest.errors import CorruptFile
-from ingest.parsers.base import TABLE, TEXT, TITLE, Element, ParsedDocument
+from ingest.parsers.base import TABLE, TEXT, TITLE, Element, ParsedDocument, ProgressFn, Source
 from ingest.parsers.textutil import clean, decode_text
 
 # A line standing alone that looks like a heading: numbered, or underlined, or short without a period.
@@ -49,9 +48,10 @@ class TextParser:
     """txt/log/md-less plain text, JSON (flattened to key: value lines) and XML (text content)."""
 
     name = "text"
+    version = 1
 
-    def parse(self, path: Path, file_type: str) -> ParsedDocument:
-        data = path.read_bytes()
+    def parse(self, source: Source, file_type: str, progress: ProgressFn) -> ParsedDocument:
+        data = source.read_bytes()
         text, encoding = decode_text(data)
         meta: dict[str, Any] = {"encoding": encoding}
         if file_type in ("json", "ndjson", "jsonl"):
@@ -121,12 +121,13 @@ class DelimitedParser:
     """CSV and TSV as a table (rows of ' | '-joined cells): any encoding, ragged rows tolerated."""
 
     name = "delimited"
+    version = 1
 
-    def parse(self, path: Path, file_type: str) -> ParsedDocument:
+    def parse(self, source: Source, file_type: str, progress: ProgressFn) -> ParsedDocument:
         import csv
         import io
 
-        text, encoding = decode_text(path.read_bytes())
+        text, encoding = decode_text(source.read_bytes())
         if file_type == "tsv":
             delimiter = "\t"
         else:

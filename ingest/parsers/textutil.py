@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from pathlib import Path
 
 from ingest.errors import CorruptFile
 
@@ -22,13 +21,9 @@ def looks_binary(data: bytes) -> bool:
     return bad / len(head) > 0.05
 
 
-def looks_like_text(path: Path) -> bool:
-    """The file's first 8 KiB are UTF-8 text without control characters (cheap sniff for unknown types)."""
-    try:
-        with path.open("rb") as f:
-            head = f.read(8192)
-    except OSError:
-        return False
+def looks_like_text(head: bytes) -> bool:
+    """A file's first bytes (8 KiB) are UTF-8 text without control characters (cheap sniff for unknown types)."""
+    head = head[:8192]
     if not head.strip() or looks_binary(head):
         return False
     try:
