@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.metrics import edit_distance  # noqa: E402
+from ingest.parsers.base import Source, no_progress  # noqa: E402
 from ingest.parsers.ocr import ImageOcrParser, OcrPdfParser, TesseractOcr  # noqa: E402
 
 UPRIGHT_CONFIDENCE = 80.0
@@ -85,7 +86,7 @@ def main(argv: list[str]) -> dict[str, Any]:
                        ("phototest-rotated-180.png", "phototest.gold.txt")]:
         path = tt / name
         t0 = time.perf_counter()
-        doc = images.parse(path, path.suffix[1:])
+        doc = images.parse(Source.from_path(path), path.suffix[1:], no_progress)
         secs = time.perf_counter() - t0
         ref = (tt / gold).read_text(encoding="utf-8")
         page = doc.meta["ocr"][0]
@@ -102,7 +103,7 @@ def main(argv: list[str]) -> dict[str, Any]:
         path = om / name
         cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
-        doc = pdfs.parse(path, "pdf")
+        doc = pdfs.parse(Source.from_path(path), "pdf", no_progress)
         secs = time.perf_counter() - t0
         cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         # CPU seconds of the tesseract processes: what a page costs whatever else the machine is doing.

@@ -27,6 +27,7 @@ sys.path.insert(0, str(REPO))
 from bench.metrics import edit_distance  # noqa: E402
 from ingest.errors import IngestError  # noqa: E402
 from ingest.parsers.audio import WhisperParser  # noqa: E402
+from ingest.parsers.base import Source, no_progress  # noqa: E402
 
 MODELS = ("tiny.en", "base")
 NO_SPACES = {"ja", "ko", "zh"}
@@ -66,7 +67,7 @@ def run_model(name: str, rows: list[dict[str, str]], audio_dir: Path, models_dir
         lang = row["language"]
         t0 = time.perf_counter()
         try:
-            doc = parser.parse(path, path.suffix[1:])
+            doc = parser.parse(Source.from_path(path), path.suffix[1:], no_progress)
         except IngestError as exc:
             files[row["file"]] = {"error": str(exc)}
             continue
