@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -54,9 +55,21 @@ def test_unknown_toml_key(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
 
 
 def test_one_writer_per_data_dir(tmp_path: Path) -> None:
-    from kb.lock import BusyError, write_lock
+    import os
 
-    with write_lock(tmp_path), pytest.raises(BusyError, match="another kb process"), write_lock(tmp_path):
-        pass
-    with write_lock(tmp_path):  # released
-        pass
+    from kb.lock import holder, try_lock
+
+    first = try_lock(tmp_path)
+    assert first is not None and holder(tmp_path) == os.getpid()
+    assert try_lock(tmp_path) is None  # another owner: the caller becomes a client or waits
+    first.release()
+    again = try_lock(tmp_path)  # released
+    assert again is not None
+    again.release()
+
+
+def test_socket_path_fits_and_is_private(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 120)
+    s = load_settings(data_dir=deep)
+    assert len(os.fsencode(s.socket_path)) < 108  # the Unix socket limit
+    assert load_settings(data_dir=tmp_path).socket_path.parent.name == ".run"
