@@ -17,10 +17,10 @@ from typing import Any, Protocol
 from ingest.parsers.base import ParserRegistry, ProgressFn, Source
 from ingest.parsing import Failed, Parsed
 from ingest.scan import Scanner
-from ingest.store import Store
+from ingest.store import Interrupted, Store
 from kb.catalog import DOC_EMPTY, DOC_INDEXED, SRC_EMPTY, SRC_INDEXED, Catalog, Link
 from kb.errors import IndexMismatchError
-from kb.jobs import Defer, Done, Fail, Job, JobResult
+from kb.jobs import Defer, Done, Fail, Handoff, Job, JobResult
 from kb.paths import display, from_uri
 
 log = logging.getLogger(__name__)
@@ -135,11 +135,20 @@ class IngestHandler:
             return Defer(0.0, "interrupted by a stop; will run again")
         if outcome.warnings:
             link = Link(uri, "file", size, mtime_ns, warning="; ".join(outcome.warnings)[:2000])
-        self.store.write(
-            job_id=job.id, content_hash=h, parsed=outcome, links=[link], progress=ctx.progress, size=size,
-            primary_mtime_ns=mtime_ns,
-        )
-        return Done(self._outcome(existed, not outcome.chunks))
+        parsed = outcome
+
+        def store() -> Done | Defer:
+            # On the runner's store thread: this worker is already parsing its next source.
+            try:
+                self.store.write(
+                    job_id=job.id, content_hash=h, parsed=parsed, links=[link], progress=ctx.progress, size=size,
+                    primary_mtime_ns=mtime_ns, should_stop=ctx.stopping,
+                )
+            except Interrupted:
+                return Defer(0.0, "interrupted by a stop; resumes where it stopped")
+            return Done(self._outcome(existed, not parsed.chunks))
+
+        return Handoff(store)
 
     @staticmethod
     def _outcome(existed: bool, empty: bool) -> str:

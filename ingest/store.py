@@ -60,6 +60,10 @@ def chunk_metadata(doc: DocumentRecord, chunk: ChunkRecord, source_type: str = "
     return md
 
 
+class Interrupted(Exception):
+    """A write stopped between slices because the service is stopping (the job resumes later)."""
+
+
 class Store:
     """Embeds and writes parsed documents; purges documents; keeps Chroma metadata in line."""
 
@@ -83,7 +87,7 @@ class Store:
     def write(
         self, *, job_id: int | None, content_hash: str, parsed: Parsed, links: Sequence[Link],
         vectors: np.ndarray | None = None, progress: ProgressFn | None = None, size: int | None = None,
-        primary_mtime_ns: int | None = None,
+        primary_mtime_ns: int | None = None, should_stop: Callable[[], bool] | None = None,
     ) -> tuple[int, list[int]]:
         """Store a parsed document for its sources; returns (doc id, ids of replaced documents purged)."""
         records = [
@@ -117,11 +121,13 @@ class Store:
                 created_at=parsed.created_at, modified_at=modified_at, size=size, meta=parsed.meta,
                 text=parsed.text, chunks=records, pipeline_version=parsed.parser_version, claim_job=job_id,
             )
-        return doc_id, self.finish(doc_id, content_hash, links, vectors=vectors, progress=progress)
+        return doc_id, self.finish(
+            doc_id, content_hash, links, vectors=vectors, progress=progress, should_stop=should_stop
+        )
 
     def finish(
         self, doc_id: int, content_hash: str, links: Sequence[Link], *, vectors: np.ndarray | None = None,
-        progress: ProgressFn | None = None,
+        progress: ProgressFn | None = None, should_stop: Callable[[], bool] | None = None,
     ) -> list[int]:
         """Steps 2-4 for a document whose rows are written: vectors (the missing ones), then link sources."""
         doc = self.catalog.document(doc_id)
@@ -130,14 +136,15 @@ class Store:
         doc.paths = doc.paths or [ln.uri for ln in links[:1]]
         chunks = self.catalog.chunks_of(doc_id)
         if chunks:
-            self._upsert(doc, chunks, vectors, progress)
+            self._upsert(doc, chunks, vectors, progress, should_stop)
         orphans = self.catalog.finish_document(doc_id, links, content_hash)
         self.purge(orphans)
         self.refresh_metadata([doc_id])
         return orphans
 
     def _upsert(
-        self, doc: DocumentRecord, chunks: list[ChunkRecord], vectors: np.ndarray | None, progress: ProgressFn | None
+        self, doc: DocumentRecord, chunks: list[ChunkRecord], vectors: np.ndarray | None,
+        progress: ProgressFn | None, should_stop: Callable[[], bool] | None = None,
     ) -> None:
         if vectors is not None and len(vectors) == len(chunks):
             todo = list(range(len(chunks)))
@@ -146,6 +153,8 @@ class Store:
             have = self.index.existing([c.id for c in chunks])  # resuming: only what is missing
             todo = [i for i, c in enumerate(chunks) if c.id not in have]
         for start in range(0, len(todo), self.SLICE):
+            if should_stop is not None and should_stop():
+                raise Interrupted()
             part = todo[start : start + self.SLICE]
             sel = [chunks[i] for i in part]
             vecs = vectors[part] if vectors is not None else self.embed([embed_text(c.text, c.section) for c in sel])

@@ -421,4 +421,12 @@ class Defer:
     note: str | None = None
 
 
-JobResult = Done | Fail | Defer
+@dataclass
+class Handoff:
+    """The rest of the job (embedding and storing) runs on the runner's store thread, so this worker can
+    parse its next source meanwhile. `work` returns the job's final result."""
+
+    work: Callable[[], Done | Fail | Defer]
+
+
+JobResult = Done | Fail | Defer | Handoff

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import sqlite3
 import threading
 import time
@@ -19,7 +20,7 @@ from typing import Any
 
 from ingest.handlers import JobContext
 from kb.errors import KbError
-from kb.jobs import Defer, Done, Fail, Job, JobQueue, JobResult
+from kb.jobs import Defer, Done, Fail, Handoff, Job, JobQueue, JobResult
 from kb.paths import display
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,8 @@ class Runner:
         self._inflight: dict[int, Job] = {}
         self._lock = threading.Lock()
         self._parsers: list[Any] = []
+        # Parsed documents waiting to be embedded and stored: small, so parsing runs at most one ahead.
+        self._handoffs: queue.Queue[tuple[Job, Callable[[], JobResult], float] | None] = queue.Queue(maxsize=1)
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -60,6 +63,8 @@ class Runner:
                 self._threads.append(t)
         hb = threading.Thread(target=self._heartbeat, name="kb-heartbeat", daemon=True)
         hb.start()
+        self._store = threading.Thread(target=self._store_loop, name="kb-store", daemon=True)
+        self._store.start()
         self._threads.append(hb)
 
     def stop(self, grace_s: float = 10.0) -> None:
@@ -72,6 +77,8 @@ class Runner:
         self._abort.set()
         for t in self._threads:
             t.join(timeout=30)
+        self._handoffs.put(None)  # after the lane threads: nothing more can be handed off
+        self._store.join(timeout=30)
         for parser in self._parsers:
             close = getattr(parser, "close", None)
             if close is not None:
@@ -111,13 +118,45 @@ class Runner:
                     self._parsers.append(parser)
             with self._lock:
                 self._inflight[job.id] = job
+            handed_off = False
             try:
-                self._run(job, parser)
+                handed_off = self._run(job, parser)
+            finally:
+                if not handed_off:
+                    with self._lock:
+                        self._inflight.pop(job.id, None)
+
+    def _store_loop(self) -> None:
+        """Finish handed-off jobs (embed, write) one at a time, in order; on abort, requeue what waits."""
+        while True:
+            item = self._handoffs.get()
+            if item is None:
+                return
+            job, work, started = item
+            try:
+                if self._abort.is_set():
+                    result: JobResult = Defer(0.0, "interrupted by a stop; will run again")
+                else:
+                    result = self._guard(job, work)
+                self._finish(job, result, started)
             finally:
                 with self._lock:
                     self._inflight.pop(job.id, None)
 
-    def _run(self, job: Job, parser: Any) -> None:
+    def _guard(self, job: Job, work: Callable[[], JobResult]) -> JobResult:
+        """Run handler code, turning every exception into a failure of this job only."""
+        try:
+            return work()
+        except KbError as exc:
+            return Fail(str(exc), transient=True)
+        except sqlite3.Error as exc:
+            return Fail(f"catalog error: {exc}", transient=True)
+        except Exception as exc:  # a bug or a Chroma failure must cost one job, never the service
+            log.exception("job %s (%s %s) failed", job.id, job.action, display(job.uri or ""))
+            return Fail(f"internal error: {type(exc).__name__}: {exc}", transient=True)
+
+    def _run(self, job: Job, parser: Any) -> bool:
+        """Run a job's handler; returns True when its end was handed to the store thread."""
         handler = self.handlers.get(job.action)
         last = [0.0]
 
@@ -136,15 +175,14 @@ class Runner:
         if handler is None:
             result = Fail(f"unknown job action '{job.action}'")
         else:
-            try:
-                result = handler(job, ctx)
-            except KbError as exc:
-                result = Fail(str(exc), transient=True)
-            except sqlite3.Error as exc:
-                result = Fail(f"catalog error: {exc}", transient=True)
-            except Exception as exc:  # a bug or a Chroma failure must cost one job, never the service
-                log.exception("job %s (%s %s) failed", job.id, job.action, display(job.uri or ""))
-                result = Fail(f"internal error: {type(exc).__name__}: {exc}", transient=True)
+            result = self._guard(job, lambda: handler(job, ctx))
+        if isinstance(result, Handoff):
+            self._handoffs.put((job, result.work, started))  # blocks while the store thread is behind
+            return True
+        self._finish(job, result, started)
+        return False
+
+    def _finish(self, job: Job, result: JobResult, started: float) -> None:
         if self._abort.is_set() and isinstance(result, Fail) and result.transient:
             result = Defer(0.0, "interrupted by a stop; will run again")
         try:
@@ -155,8 +193,10 @@ class Runner:
             "job %s %s %s: %s in %.2f s", job.id, job.action, display(job.uri or ""), _describe(result),
             time.monotonic() - started,
         )
+        return
 
     def _record(self, job: Job, result: JobResult) -> None:
+        assert not isinstance(result, Handoff)
         if isinstance(result, Done):
             self.jobs.complete(job.id, result.outcome)
         elif isinstance(result, Defer):
@@ -174,6 +214,8 @@ class Runner:
 
 
 def _describe(result: JobResult) -> str:
+    if isinstance(result, Handoff):
+        return "handed off"
     if isinstance(result, Done):
         return result.outcome
     if isinstance(result, Defer):
