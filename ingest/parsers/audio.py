@@ -20,12 +20,12 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ingest.errors import CorruptFile, IngestError
 from ingest.parsers.base import TEXT, Element, ParsedDocument, ProgressFn, Source
+from ingest.parsers.textutil import naive_iso
 from kb.errors import ModelMissingError
 
 if TYPE_CHECKING:
@@ -235,15 +235,6 @@ def _declared_wav_shortfall(path: Path) -> int:
     return 0
 
 
-def _creation_time(value: str | None) -> str | None:
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).replace(tzinfo=None).isoformat()
-    except ValueError:
-        return None
-
-
 def _open_media(path: Path) -> tuple[Any, Any, _Media]:
     """Open a media file and pick its audio stream; CorruptFile for anything unreadable or silent-only."""
     import av
@@ -264,7 +255,7 @@ def _open_media(path: Path) -> tuple[Any, Any, _Media]:
         elif container.duration and not container.streams.video:
             declared = container.duration / 1_000_000  # only audio in the file: its length is the audio's
         meta = {k.lower(): v for k, v in (container.metadata or {}).items()}
-        media = _Media(declared, (meta.get("title") or "").strip() or None, _creation_time(meta.get("creation_time")))
+        media = _Media(declared, (meta.get("title") or "").strip() or None, naive_iso(meta.get("creation_time")))
     except BaseException:
         container.close()
         raise

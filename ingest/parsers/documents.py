@@ -17,7 +17,7 @@ from ingest.parsers.base import CODE, LIST_ITEM, TABLE, TEXT, TITLE, Element, Pa
 from ingest.parsers.files import plain_path
 from ingest.parsers.htmltext import decode_html, html_elements
 from ingest.parsers.mail import content_type_encrypted
-from ingest.parsers.textutil import clean
+from ingest.parsers.textutil import clean, naive_iso
 
 log = logging.getLogger(__name__)
 
@@ -315,20 +315,8 @@ def _office_props(path: Path, file_type: str, doc: ParsedDocument) -> None:
             fields.setdefault(local, el.text.strip())
     doc.title = fields.get("title")
     doc.author = fields.get("creator")
-    doc.created_at = _w3c_date(fields.get("created"))
-    doc.modified_at = _w3c_date(fields.get("modified"))
-
-
-def _w3c_date(value: str | None) -> str | None:
-    """An Office W3CDTF date ('2024-05-03T10:00:00Z') as naive ISO 8601, as the Office libraries give it."""
-    if not value:
-        return None
-    from datetime import datetime
-
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).replace(tzinfo=None).isoformat()
-    except ValueError:
-        return None
+    doc.created_at = naive_iso(fields.get("created"))
+    doc.modified_at = naive_iso(fields.get("modified"))
 
 
 def _zip_xml_props(path: Path, file_type: str, doc: ParsedDocument) -> None:

@@ -78,3 +78,15 @@ def clean(text: str) -> str:
     text = "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch)[0] != "C")
     lines = [_WS.sub(" ", ln).strip() for ln in text.split("\n")]
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def naive_iso(value: str | None) -> str | None:
+    """An ISO 8601 / W3CDTF date ('2024-05-03T10:00:00Z') as naive ISO 8601, or None if unreadable."""
+    if not value:
+        return None
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).replace(tzinfo=None).isoformat()
+    except ValueError:
+        return None
