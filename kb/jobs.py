@@ -89,9 +89,15 @@ class JobQueue:
         with self._wake:
             self._wake.notify_all()
 
-    def wait(self, timeout: float) -> None:
-        """Sleep until new work may be there (an enqueue in this process) or the timeout passes."""
+    def wait(self, timeout: float, stop: Callable[[], bool] | None = None) -> None:
+        """Sleep until new work may be there (an enqueue in this process), `stop()` holds, or the timeout.
+
+        `stop` is checked under the same lock `notify` takes, so a stop signalled just before the wait
+        (set, then notify) is never missed.
+        """
         with self._wake:
+            if stop is not None and stop():
+                return
             self._wake.wait(timeout)
 
     def new_batch(self, action: str, info: dict[str, Any] | None = None) -> str:

@@ -110,7 +110,7 @@ class Runner:
             if job is None:
                 due = self.jobs.next_due(claims)
                 wait = 1.0 if due is None else max(0.01, min(1.0, due - self.jobs.clock()))
-                self.jobs.wait(wait)
+                self.jobs.wait(wait, self._stopping.is_set)
                 continue
             if parser is None and job.action == "ingest":
                 parser = self.parser_factory(lane)
