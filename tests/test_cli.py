@@ -13,6 +13,8 @@ import pytest
 from conftest import KB, AppFactory, kb_env
 from fixtures import LOREM, write_all_formats
 
+from kb.embedding import SentenceTransformerEmbedder
+
 pytestmark = pytest.mark.slow
 
 
@@ -46,16 +48,24 @@ def test_ingest_search_status_forget(tmp_path: Path) -> None:
 
     status = json.loads(kb(data, "status", "--json").stdout)
     assert status["documents"] == len(files) and status["documents_by_kind"]["mail"] == 1
-    assert status["embed_model"] == "all-MiniLM-L6-v2"
+    assert status["embed_model"] == "all-MiniLM-L6-v2" and status["service"] == "not running"
+    assert status["jobs"] == {"done": len(files) + 1}  # one per file, and the folder's scan
+    first_collection = status["collection"]
+    assert first_collection.startswith("kb_") and first_collection.endswith("_1")
 
     again = json.loads(kb(data, "ingest", str(docs), "--json").stdout)
-    assert again["unchanged"] == len(files) and again["chunks"] == 0
+    assert again["files"] == again["unchanged"] == len(files)
+    assert again["added"] == again["updated"] == again["failed"] == again["removed"] == 0 and again["complete"]
 
     assert "forgot 1 file" in kb(data, "forget", str(files["pptx"])).stdout
     hits = json.loads(kb(data, "search", "when does the rocket launch", "--json").stdout)
     assert all(h["path"] != str(files["pptx"]) for h in hits)
 
-    assert "re-embedded" in kb(data, "reindex").stdout
+    out = kb(data, "reindex").stdout
+    assert out.startswith("rebuilt the index in ") and "failed" not in out
+    status = json.loads(kb(data, "status", "--json").stdout)
+    assert status["collection"] == first_collection[: -len("1")] + "2"
+    assert status["documents"] == len(files) - 1
     hits = json.loads(kb(data, "search", "cost of the new pier", "--json").stdout)
     assert hits[0]["path"] == str(files["pdf"])
 
@@ -77,6 +87,21 @@ def test_bad_setting_is_a_clear_error(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "KB_WORKERS" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.xfail(
+    reason="server/api.py create_api builds Litestar with its default logging_config, which reconfigures the root "
+           "logger when the API is created (level INFO, Litestar's handler): every command that serves the API "
+           "(a one-off kb ingest/forget/reindex, kb watch) prints INFO lines on stderr without -v",
+    strict=False,
+)
+def test_quiet_without_verbose(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    note = tmp_path / "note.txt"
+    note.write_text("A perfectly fine note about otters.")
+    proc = kb(data, "ingest", str(note))
+    assert proc.stdout.startswith("1 files in ") and "1 added" in proc.stdout
+    assert not [line for line in proc.stderr.splitlines() if line.startswith("INFO")], proc.stderr
+
+
 def _doc_count(data: Path) -> int:
     try:
         with sqlite3.connect(f"file:{data / 'catalog.sqlite3'}?mode=ro", uri=True, timeout=1) as db:
@@ -86,21 +111,26 @@ def _doc_count(data: Path) -> int:
 
 
 def _kill_when(data: Path, folder: Path, *, docs: int | None = None, after_s: float | None = None) -> None:
+    """Run a one-off `kb ingest` (the owner of the directory) and kill -9 it at the given point."""
     proc = subprocess.Popen([KB, "ingest", str(folder)], env=kb_env(data), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    start = time.monotonic()
-    while proc.poll() is None and time.monotonic() < deadline:
-        if docs is not None and _doc_count(data) >= docs:
-            break
-        if after_s is not None and time.monotonic() - start >= after_s:
-            break
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    try:
+        deadline = time.monotonic() + 300
+        start = time.monotonic()
+        while proc.poll() is None and time.monotonic() < deadline:
+            if docs is not None and _doc_count(data) >= docs:
+                break
+            if after_s is not None and time.monotonic() - start >= after_s:
+                break
+            time.sleep(0.02)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
 
 
-def test_kill_9_anywhere_then_rerun_is_clean(tmp_path: Path, make_app: AppFactory, real_embedder) -> None:  # type: ignore[no-untyped-def]
+def test_kill_9_anywhere_then_rerun_is_clean(
+    tmp_path: Path, make_app: AppFactory, real_embedder: SentenceTransformerEmbedder
+) -> None:
     data = tmp_path / "data"
     folder = tmp_path / "in"
     folder.mkdir()
@@ -112,7 +142,8 @@ def test_kill_9_anywhere_then_rerun_is_clean(tmp_path: Path, make_app: AppFactor
     for i in range(0, 30, 3):  # changed files: old versions must be replaced, never mixed
         (folder / f"doc{i:02d}.txt").write_text(f"Revised {i}\n\n" + (LOREM + f"Revision{i}. ") * 12)
     _kill_when(data, folder, after_s=9.0)  # replacing versions: the document count barely moves
-    kb(data, "ingest", str(folder))
+    out = kb(data, "ingest", str(folder)).stdout
+    assert out.startswith("30 files in ") and "0 failed" in out, out
 
     app = make_app(embedder=real_embedder, data_dir=data)
     stats = app.catalog.stats()
@@ -123,5 +154,7 @@ def test_kill_9_anywhere_then_rerun_is_clean(tmp_path: Path, make_app: AppFactor
     texts = [c.text for d in range(1, 200) for c in app.catalog.chunks_of(d)]
     assert not any(f"Marker{i}." in t for i in range(0, 30, 3) for t in texts)
     assert all(any(f"Revision{i}." in t for t in texts) for i in range(0, 30, 3))
+    assert app.jobs.counts() == {"done": app.jobs.counts().get("done", 0)}  # nothing queued, running or failed
+    app.close()
     again = json.loads(kb(data, "ingest", str(folder), "--json").stdout)
-    assert again["unchanged"] == 30 and again["chunks"] == 0
+    assert again["unchanged"] == 30 and again["added"] == again["updated"] == again["failed"] == 0

@@ -18,6 +18,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+import psutil
 import pytest
 from conftest import KB, AppFactory, kb_env
 from fixtures import LOREM
@@ -110,11 +111,12 @@ def write_topics(folder: Path) -> dict[str, Path]:
 class Service:
     """`kb watch` in a subprocess, its output in a log file; killed on exit from the `with` block."""
 
-    def __init__(self, data: Path, inbox: Path, log: Path, *, scan_interval: float = 3600.0) -> None:
+    def __init__(self, data: Path, inbox: Path, log: Path, *, scan_interval: float = 3600.0, workers: int = 1) -> None:
         self.data = data
         self.inbox = inbox
         self.log = log
         self.scan_interval = scan_interval
+        self.workers = workers
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_file: Any = None
 
@@ -122,8 +124,8 @@ class Service:
         self.inbox.mkdir(parents=True, exist_ok=True)
         self._log_file = self.log.open("ab")
         self.proc = subprocess.Popen(
-            [KB, "watch", "--scan-interval", str(self.scan_interval)], env=env_for(self.data, self.inbox,
-                                                                                 KB_WORKERS="1"),
+            [KB, "watch", "--scan-interval", str(self.scan_interval)],
+            env=env_for(self.data, self.inbox, KB_WORKERS=str(self.workers)),
             stdout=self._log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
         return self
@@ -172,6 +174,22 @@ class Service:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=60)
+
+    def children(self) -> list[psutil.Process]:
+        """Its parser processes (they lead their own sessions, so a signal to the service never reaches them)."""
+        try:
+            return list(psutil.Process(self.pid).children(recursive=True))
+        except psutil.NoSuchProcess:
+            return []
+
+
+def assert_gone(procs: list[psutil.Process], timeout: float = 30) -> None:
+    """The given processes exit by themselves (a parser whose service died must not linger)."""
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    assert not alive, f"left running: {alive}"
 
 
 def jobs_left(data: Path) -> list[tuple[Any, ...]]:
@@ -274,10 +292,14 @@ def test_commands_are_clients_of_the_running_service(tmp_path: Path, real_app: C
     kept = [files["tomatoes"], files["rocket"], files["bread"]]
     assert_each_once(data, kept)
     assert query(data, "SELECT uri FROM sources ORDER BY uri") == [(str(p),) for p in sorted(kept)]
-    # every file's job ran to one end: one job per source, added once, the pier's last job its removal
-    jobs = dict(query(data, "SELECT uri, outcome FROM jobs WHERE key LIKE 'src:%'"))
-    assert jobs == {str(files["tomatoes"]): "added", str(files["rocket"]): "added",
-                    str(files["bread"]): "added", str(files["pier"]): "removed"}
+    # one job per source, each ran to its end; the pier's last job is its removal. A file asked for again while
+    # its job runs gets one more (hash-checked, 'unchanged') run: see the last test for how that is reported.
+    jobs = {r[0]: r[1:] for r in query(data, "SELECT uri, state, outcome, attempts FROM jobs WHERE key LIKE 'src:%'")}
+    assert set(jobs) == {str(p) for p in files.values()}
+    assert jobs.pop(str(files["pier"])) == ("done", "removed", 1)
+    assert jobs.pop(str(files["tomatoes"])) == ("done", "added", 1)
+    assert all(state == "done" and outcome in ("added", "unchanged") and attempts == 1
+               for state, outcome, attempts in jobs.values()), jobs
     assert not jobs_left(data)
     assert_vectors_match(real_app(data))
 
@@ -311,7 +333,10 @@ def test_kill_9_of_the_service_then_restart_finishes_exactly_once(
     with Service(data, inbox, tmp_path / "watch1.log") as svc:
         wait_for("a few documents", lambda: indexed_count(data, prefix) >= 5 or not svc.running(), 240,
                  interval=0.02, why=svc.tail)
+        parsers = svc.children()
         svc.kill()
+    assert parsers, "the service ran no parser process"
+    assert_gone(parsers)
     done_at_kill = indexed_count(data, prefix)
     assert 5 <= done_at_kill < 40, f"{done_at_kill} indexed when killed: the kill did not land mid-work"
 
@@ -327,8 +352,10 @@ def test_kill_9_of_the_service_then_restart_finishes_exactly_once(
 
     assert_each_once(data, files)
     assert query(data, "SELECT count(*), count(DISTINCT content_hash) FROM documents") == [(40, 40)]
-    jobs = query(data, "SELECT outcome, attempts, count(*) FROM jobs WHERE key LIKE 'src:%' GROUP BY outcome, attempts")
-    assert jobs == [("added", 1, 40)]
+    # one job per file, done after one counted attempt. Its outcome is 'added', or 'unchanged' when it ran once more
+    # after its document was stored (killed before recording its end; or re-asked by the start-up scan meanwhile)
+    jobs = query(data, "SELECT state, outcome, attempts FROM jobs WHERE key LIKE 'src:%'")
+    assert len(jobs) == 40 and all(j[0] == "done" and j[1] in ("added", "unchanged") and j[2] == 1 for j in jobs), jobs
     assert not jobs_left(data)
     app = real_app(data)
     assert_vectors_match(app)
@@ -342,10 +369,10 @@ def test_reindex_killed_keeps_search_and_the_next_start_completes_it(
     data, inbox = tmp_path / "data", tmp_path / "inbox"
     docs = tmp_path / "docs"
     topics = write_topics(docs)
-    for i in range(8):  # some passages to re-embed, so the rebuild takes a few seconds
-        (docs / f"filler{i}.txt").write_text(f"Filler {i}\n\n" + LOREM * 10)
+    for i in range(6):  # passages to re-embed, so the rebuild is not over in a blink
+        (docs / f"filler{i}.txt").write_text(f"Filler {i}\n\n" + LOREM * 12)
     r = kb_json(data, "ingest", str(docs))
-    assert r["added"] == 12 and r["failed"] == 0, r
+    assert r["added"] == 10 and r["failed"] == 0, r
     first = meta(data, "collection")
     assert first is not None and first.endswith("_1")
     chunks = query(data, "SELECT count(*) FROM chunks")[0][0]
@@ -355,7 +382,6 @@ def test_reindex_killed_keeps_search_and_the_next_start_completes_it(
     try:
         target = wait_for("the rebuild to start", lambda: meta(data, "reindex_target") or proc.poll() is not None,
                           240, interval=0.01)
-        time.sleep(0.3)
     finally:
         proc.kill()
         proc.wait()
@@ -392,35 +418,49 @@ def test_reindex_killed_keeps_search_and_the_next_start_completes_it(
 def test_sigterm_mid_file_stops_gracefully_and_the_file_ends_up_indexed_once(
     tmp_path: Path, real_app: Callable[[Path], Any]
 ) -> None:
+    from media_fixtures import save_pdf, text_page
+
     data, inbox = tmp_path / "data", tmp_path / "inbox"
     inbox.mkdir()
-    big = inbox / "long.txt"
-    big.write_text("\n\n".join(f"Section {i}\n\n" + (LOREM + f"Paragraph {i} is about topic{i}. ") * 3
-                               for i in range(40)))
-    key = f"src:{big}"
+    # a scan read by OCR page after page: long enough to outlast the stop's 10 s of grace on most machines
+    pages = [text_page([f"Page {i}. The lighthouse keeper logged storm number {i} in the harbour book."],
+                       title=f"Log {i}") for i in range(20)]
+    scan = save_pdf(pages, inbox / "logbook.pdf")
+    key = f"src:{scan}"
     with Service(data, inbox, tmp_path / "watch1.log") as svc:
-        wait_for("the file's job to run", lambda: query(data, "SELECT 1 FROM jobs WHERE key=? AND state='running'",
-                                                         (key,)) or not svc.running(), 240, interval=0.02,
-                 why=svc.tail)
+        wait_for("OCR of the scan to be under way",
+                 lambda: query(data, "SELECT 1 FROM jobs WHERE key=? AND state='running' AND stage='ocr'", (key,))
+                 or not svc.running(), 240, interval=0.02, why=svc.tail)
+        parsers = svc.children()
         rc, seconds = svc.stop()
         print(f"service stopped {seconds:.1f} s after SIGTERM")
         assert rc == 0, svc.tail()
-        assert seconds < 35, f"{seconds:.1f} s to stop"
-        assert "stopping" in svc.output()
-    state = query(data, "SELECT state FROM jobs WHERE key=?", (key,))
-    assert state in ([("done",)], [("queued",)]), state  # finished, or put back: never left 'running'
+        assert seconds < 30, f"{seconds:.1f} s to stop"
+        assert "kb: stopping" in svc.output()
+    assert_gone(parsers, timeout=10)
+    state, outcome = query(data, "SELECT state, outcome FROM jobs WHERE key=?", (key,))[0]
+    # finished within the grace period, or put back to run again: never left 'running'
+    assert (state, outcome) in (("done", "added"), ("queued", None)), (state, outcome)
+    print(f"the job was {'finished' if state == 'done' else 'requeued'} by the stop")
+    assert indexed_count(data, str(scan)) == (1 if state == "done" else 0)
 
     with Service(data, inbox, tmp_path / "watch2.log") as svc:
-        wait_for("the file to be indexed", lambda: indexed_count(data, str(big)) == 1 and not jobs_left(data), 300,
+        svc.wait_ready()
+        wait_for("the scan to be indexed", lambda: indexed_count(data, str(scan)) == 1 and not jobs_left(data), 300,
                  interval=0.2, why=svc.tail)
         rc, _ = svc.stop()
         assert rc == 0, svc.tail()
 
-    assert_each_once(data, [big])
-    assert query(data, "SELECT outcome, attempts FROM jobs WHERE key=?", (key,)) == [("added", 1)]
+    assert_each_once(data, [scan])
+    # 'unchanged' when the start-up scan asked for the file again while its document was being stored
+    assert query(data, "SELECT state, outcome, attempts FROM jobs WHERE key=?", (key,)) in (
+        [("done", "added", 1)], [("done", "unchanged", 1)]
+    )
     app = real_app(data)
     assert_vectors_match(app)
-    assert app.search("Paragraph 33 is about topic33", k=1)[0]["path"] == str(big)
+    hits = app.search("lighthouse keeper storm number 17", k=3)
+    assert hits[0]["path"] == str(scan)
+    assert any(h["page"] <= 18 <= (h["page_end"] or h["page"]) for h in hits), hits  # the 18th page
 
 
 # -- 6. two one-off commands ----------------------------------------------------------------------
@@ -456,3 +496,72 @@ def test_second_command_becomes_a_client_of_a_one_off_owner(tmp_path: Path) -> N
     assert json.loads(second.stdout)["added"] == 1
     assert_each_once(data, [*big, other])
     assert not jobs_left(data)
+
+
+@pytest.mark.xfail(
+    reason="kbapp/cli.py watch(): when the lock is held, any process answering on the socket is taken for a "
+           "service; a one-off write command serves the API too, so `kb watch` started during a `kb ingest` exits 1 "
+           "with 'a service already runs' instead of waiting for it and then starting",
+    strict=False,
+)
+def test_watch_started_during_a_one_off_command_waits_then_serves(tmp_path: Path) -> None:
+    data, inbox = tmp_path / "data", tmp_path / "inbox"
+    big = tmp_path / "big"
+    write_notes(big, 40)
+    first = subprocess.Popen([KB, "ingest", str(big), "--json"], env=env_for(data), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for("the first command to serve", lambda: (data / ".run" / "kb.sock").exists() or first.poll() is not None,
+                 240, interval=0.05)
+        assert first.poll() is None, "the one-off kb ingest ended before kb watch could start"
+        with Service(data, inbox, tmp_path / "watch.log") as svc:
+            while first.poll() is None:  # the service must wait for the one-off owner, not give up
+                assert svc.running(), svc.tail()
+                time.sleep(0.1)
+            assert first.returncode == 0 and json.loads(first.communicate()[0])["added"] == 40
+            svc.wait_ready()
+            assert "waiting for another kb command" in svc.output()
+            rc, _ = svc.stop()
+            assert rc == 0, svc.tail()
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+
+
+# -- a file asked for twice while it is being read ------------------------------------------------
+@pytest.mark.xfail(
+    reason="kb/jobs.py: a job re-requested while running gets rerun_action and runs once more; the rerun's "
+           "outcome ('unchanged') overwrites the first run's ('added') and JobQueue.batch reports the job's final "
+           "outcome to every batch, so the request that added the file reports it as unchanged",
+    strict=False,
+)
+def test_a_file_asked_for_again_while_it_runs_is_reported_added_once(tmp_path: Path) -> None:
+    data, inbox = tmp_path / "data", tmp_path / "inbox"
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    long = docs / "long.txt"
+    long.write_text("\n\n".join(f"Section {i}\n\n" + (LOREM + f"Paragraph {i} is about topic{i}. ") * 3
+                                 for i in range(40)))
+    with Service(data, inbox, tmp_path / "watch.log", workers=2) as svc:
+        svc.wait_ready()
+        procs = [subprocess.Popen([KB, "ingest", str(docs), "--json"], env=env_for(data), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)]
+        try:
+            wait_for("the file's job to run", lambda: query(
+                data, "SELECT 1 FROM jobs WHERE key=? AND state='running'", (f"src:{long}",)), 120, interval=0.02)
+            procs.append(subprocess.Popen([KB, "ingest", str(docs), "--json"], env=env_for(data),
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            outs = [p.communicate(timeout=300) for p in procs]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+        assert all(p.returncode == 0 for p in procs), outs
+        first, second = (json.loads(out) for out, _ in outs)
+        rc, _ = svc.stop()
+        assert rc == 0
+    assert_each_once(data, [long])  # written once, whatever the reports say
+    assert second["added"] + second["unchanged"] == 1
+    assert first["added"] == 1, f"the request that added the file reports {first}"
