@@ -67,7 +67,9 @@ class Interrupted(Exception):
 class Store:
     """Embeds and writes parsed documents; purges documents; keeps Chroma metadata in line."""
 
-    SLICE = 512  # chunks embedded and upserted at a time: progress, memory and fairness for big documents
+    # Chunks embedded and upserted at a time: progress, memory, and how soon a stop is honoured (a slice
+    # takes seconds on a busy machine; the runner waits for the slice in flight before releasing the lock).
+    SLICE = 128
 
     def __init__(
         self, catalog: Catalog, index: Callable[[], VectorIndex], embedder: Embedder,

@@ -17,7 +17,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -151,8 +151,24 @@ class JobQueue:
                      job_id),
                 )
         if batch is not None:
-            db.execute("INSERT OR IGNORE INTO batch_jobs(batch_id, job_id) VALUES (?,?)", (batch, job_id))
+            # a request made while the job runs waits for the run it asked for, not the one in progress
+            rerun = int(row is not None and row["state"] == RUNNING)
+            db.execute(
+                "INSERT INTO batch_jobs(batch_id, job_id, rerun) VALUES (?,?,?)"
+                " ON CONFLICT(batch_id, job_id)"
+                " DO UPDATE SET settled=0, outcome=NULL, error=NULL, rerun=excluded.rerun",
+                (batch, job_id, rerun),
+            )
         return job_id
+
+    @staticmethod
+    def _settle(db: sqlite3.Connection, job_id: int, outcome: str, error: str | None = None) -> None:
+        """Tell the requests waiting for this run its outcome; requests for the next run keep waiting."""
+        db.execute(
+            "UPDATE batch_jobs SET settled=1, outcome=?, error=? WHERE job_id=? AND settled=0 AND rerun=0",
+            (outcome, error, job_id),
+        )
+        db.execute("UPDATE batch_jobs SET rerun=0 WHERE job_id=? AND rerun=1", (job_id,))
 
     def submit(self, action: str, uri: str | None = None, **kwargs: Any) -> int:
         """Enqueue in a transaction of its own."""
@@ -160,19 +176,21 @@ class JobQueue:
             return self.enqueue(db, action, uri, **kwargs)
 
     # -- consuming --------------------------------------------------------------------------------
-    def claim(self, lanes: Sequence[str], batch: str | None = None) -> Job | None:
+    def claim(self, lanes: Sequence[str], batches: Collection[str] | None = None) -> Job | None:
         """Take the next due job of these lanes (or one whose worker's lease ran out).
 
-        With `batch`, only that batch's jobs: a one-off command does its own work, not the backlog.
+        With `batches`, only their jobs: a one-off command does the work asked of it, not the backlog.
         """
         now = self.clock()
         marks = ",".join("?" * len(lanes))
-        only = " AND id IN (SELECT job_id FROM batch_jobs WHERE batch_id=?)" if batch else ""
+        only = ""
+        if batches is not None:
+            only = f" AND id IN (SELECT job_id FROM batch_jobs WHERE batch_id IN ({','.join('?' * len(batches))}))"
         with self.catalog.transaction() as db:
             row = db.execute(
                 f"SELECT * FROM jobs WHERE lane IN ({marks}) AND ((state=? AND run_after<=?)"
                 f" OR (state=? AND lease_until<?)){only} ORDER BY priority, run_after, id LIMIT 1",
-                (*lanes, QUEUED, now, RUNNING, now, *([batch] if batch else [])),
+                (*lanes, QUEUED, now, RUNNING, now, *(batches or ())),
             ).fetchone()
             if row is None:
                 return None
@@ -224,6 +242,7 @@ class JobQueue:
 
     def _complete(self, db: sqlite3.Connection, job_id: int, outcome: str) -> None:
         now = self.clock()
+        self._settle(db, job_id, outcome)
         row = db.execute("SELECT rerun_action FROM jobs WHERE id=?", (job_id,)).fetchone()
         if row is not None and row["rerun_action"]:
             db.execute(
@@ -246,6 +265,7 @@ class JobQueue:
             row = db.execute("SELECT attempts, max_attempts, rerun_action FROM jobs WHERE id=?", (job_id,)).fetchone()
             if row is None:
                 return False
+            self._settle(db, job_id, "failed", error)
             if row["rerun_action"]:  # the source changed meanwhile: try the new bytes at once
                 db.execute(
                     "UPDATE jobs SET state=?, action=rerun_action, rerun_action=NULL, attempts=0, run_after=?,"
@@ -360,39 +380,40 @@ class JobQueue:
         return out
 
     def batch(self, batch: str) -> dict[str, Any] | None:
-        """Where a batch stands: its jobs by state and outcome, failures, work in progress; `settled` once
-        every job has finished or failed (a failure waiting for a retry counts as settled: its requester
-        does not wait minutes for the backoff)."""
+        """Where a request stands: its jobs by outcome, failures, work in progress; `complete` once every job
+        has settled for it (a failure waiting for a retry counts: its requester does not wait out the backoff;
+        a held removal counts too)."""
         head = self.catalog._query("SELECT * FROM batches WHERE id=?", (batch,))
         if not head:
             return None
         rows = self.catalog._query(
-            "SELECT j.* FROM jobs j JOIN batch_jobs b ON b.job_id=j.id WHERE b.batch_id=? ORDER BY j.id", (batch,)
+            "SELECT j.*, b.settled AS b_settled, b.outcome AS b_outcome, b.error AS b_error, b.rerun AS b_rerun"
+            " FROM jobs j JOIN batch_jobs b ON b.job_id=j.id WHERE b.batch_id=? ORDER BY j.id", (batch,)
         )
-        jobs = [_job(r) for r in rows]
         outcomes: dict[str, int] = {}
         failures: list[dict[str, Any]] = []
         running: list[dict[str, Any]] = []
         settled = 0
-        for j in jobs:
-            retrying = j.state == QUEUED and j.last_error is not None
-            if j.state in (DONE, FAILED) or retrying:
+        for r in rows:
+            j = _job(r)
+            if r["b_settled"]:
                 settled += 1
-                outcome = "failed" if j.state == FAILED or retrying else (j.outcome or "done")
+                outcome = r["b_outcome"] or "done"
                 outcomes[outcome] = outcomes.get(outcome, 0) + 1
                 if outcome == "failed":
+                    retrying = j.state == QUEUED and j.last_error is not None
                     failures.append({
-                        "uri": j.uri, "error": j.last_error, "job_id": j.id,
+                        "uri": j.uri, "error": r["b_error"], "job_id": j.id,
                         "retry_at": j.run_after if retrying else None,
                     })
             elif j.state == HELD:
                 settled += 1
                 outcomes["held"] = outcomes.get("held", 0) + 1
-            elif j.state == RUNNING:
+            elif j.state == RUNNING and not r["b_rerun"]:
                 running.append({"uri": j.uri, "action": j.action, "stage": j.stage, "done": j.done, "total": j.total})
         return {
             "id": batch, "action": head[0]["action"], "info": json.loads(head[0]["info"]),
-            "jobs": len(jobs), "settled": settled, "complete": settled == len(jobs),
+            "jobs": len(rows), "settled": settled, "complete": settled == len(rows),
             "outcomes": outcomes, "failures": failures, "running": running,
         }
 

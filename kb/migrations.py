@@ -193,10 +193,20 @@ def _instance(db: sqlite3.Connection) -> None:
         db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('collection', ?)", (name,))
 
 
+# Each request's own view of a job: a file asked for again while its job runs gets a second run, and
+# each request is told the outcome of the run it asked for.
+_BATCH_OUTCOMES = """
+ALTER TABLE batch_jobs ADD COLUMN settled INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE batch_jobs ADD COLUMN outcome TEXT;
+ALTER TABLE batch_jobs ADD COLUMN error TEXT;
+ALTER TABLE batch_jobs ADD COLUMN rerun INTEGER NOT NULL DEFAULT 0;
+"""
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "baseline", _script(_BASELINE)),
     Migration(2, "jobs, claims, source warnings, pipeline versions", _script(_JOBS)),
     Migration(3, "instance id and collection name", _instance),
+    Migration(4, "per-request job outcomes", _script(_BATCH_OUTCOMES)),
 ]
 LATEST = MIGRATIONS[-1].version
 

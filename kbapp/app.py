@@ -51,6 +51,7 @@ class App:
         self._index_lock = threading.Lock()
         self._runner: Runner | None = None
         self._warm_parsers: dict[str, list[Any]] = {}
+        self.role = "library"  # "service" for `kb watch`, "one-off" for a command owning the directory
 
     def warm_up(self, lanes: Sequence[str] = (LANE_FAST,)) -> None:
         """Load the embedding model and start parser processes now, so the first file is not slow."""
@@ -205,7 +206,7 @@ class App:
             self.vectors.drop(target)
             self.catalog.execute("DELETE FROM meta WHERE key='reindex_target'")
 
-    def start_workers(self, batch: str | None = None) -> Runner:
+    def start_workers(self, batches: Sequence[str] | None = None) -> Runner:
         s = self.settings
         lanes: dict[str, tuple[list[str], int]]
         if s.workers == 0:  # one in-process parser, not thread-safe: one thread parses everything
@@ -215,7 +216,7 @@ class App:
                 LANE_FAST: ([LANE_FAST], s.workers), LANE_SLOW: ([LANE_SLOW], s.slow_workers),
                 LANE_MAINT: ([LANE_MAINT], 1),
             }
-        self._runner = Runner(self.jobs, self.handlers(), lanes, self.new_parser, batch=batch)
+        self._runner = Runner(self.jobs, self.handlers(), lanes, self.new_parser, batches=batches)
         self._runner.start()
         return self._runner
 
@@ -226,18 +227,26 @@ class App:
 
     def run_batch(self, batch: str, on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Do one batch's work in this process (no service running) and return its final state."""
-        runner = self.start_workers(batch=batch)
+        runner = self.start_workers(batches=[batch])
         try:
             while True:
                 state = self.batch(batch)
                 assert state is not None
                 if on_progress is not None:
                     on_progress(state)
-                if state["complete"]:
+                # work other terminals asked of this one-off owner is finished too before it goes
+                others = [self.batch(b) for b in runner.batches() or [] if b != batch]
+                if state["complete"] and all(o is None or o["complete"] for o in others):
                     return state
                 self.jobs.wait(0.2)
         finally:
             runner.stop(grace_s=0)
+
+    def _adopt(self, batch: str) -> str:
+        """A batch submitted while a one-off runner works: it is that runner's work too."""
+        if self._runner is not None:
+            self._runner.add_batch(batch)
+        return batch
 
     # -- one-off work in this process (tests, and the CLI when no service runs) ------------------
     def ingest(self, paths: Sequence[Path | str], *, force: bool = False, mirror: bool = True) -> dict[str, Any]:
@@ -261,7 +270,7 @@ class App:
         batch = self.jobs.new_batch("ingest", {"paths": [display(u) for u in uris]})
         payload = {"paths": uris, "force": force, "mirror": mirror, "batch": batch}
         self.jobs.submit("scan", key=f"scan:{batch}", payload=payload, lane=LANE_FAST, priority=-1, batch=batch)
-        return batch
+        return self._adopt(batch)
 
     def submit_scan(self, paths: Sequence[str], *, key: str) -> None:
         """A background scan with no one waiting for it (the service's periodic inbox scan)."""
@@ -280,7 +289,7 @@ class App:
         with self.jobs.transaction() as db:
             for u in dict.fromkeys(targets):
                 self.jobs.enqueue(db, "forget", u, lane=LANE_FAST, batch=batch)
-        return batch
+        return self._adopt(batch)
 
     def submit_reindex(self, *, reparse: bool = False) -> str:
         """A rebuild of every vector; with reparse, a fresh parse of documents from older parser versions."""
@@ -291,7 +300,7 @@ class App:
                     self.jobs.enqueue(db, "ingest", uri, payload={"force": True}, batch=batch)
         else:
             self.jobs.submit("reindex", key="reindex", lane=LANE_MAINT, batch=batch)
-        return batch
+        return self._adopt(batch)
 
     def outdated_sources(self) -> list[str]:
         """One source of each document parsed by an older parser or chunker version."""

@@ -158,11 +158,21 @@ def _follow(obj: Context, lib: Any, batch: str, *, quiet: bool) -> dict[str, Any
             bar.set_postfix_str(f"{r['stage'] or r['action']}{pct}: {Path(r['uri'] or '').name[:40]}", refresh=False)
         bar.refresh()
 
+    from kbapp.client import ServiceGone
+
     try:
-        if obj.owner is not None:
-            return dict(obj.owner.app.run_batch(batch, on_progress=show))
         while True:
-            state = lib.batch(batch)
+            if obj.owner is not None:
+                return dict(obj.owner.app.run_batch(batch, on_progress=show))
+            try:
+                state = lib.batch(batch)
+            except ServiceGone:
+                # The owner went away (a one-off command finished, a service stopped). The batch is in the
+                # catalog: whoever owns the directory now (perhaps this command) finishes it.
+                obj.client.close()
+                obj.client = None
+                lib = obj.library(writes=True)
+                continue
             show(state)
             if state["complete"]:
                 return dict(state)
@@ -419,9 +429,11 @@ def watch(obj: Context, scan_interval: float) -> None:
             break
         client = Client.connect(s.socket_path)
         if client is not None:
+            role = client.role
             client.close()
-            click.echo(f"kb: a service already runs for {s.data_dir} (pid {holder(s.data_dir) or '?'})", err=True)
-            sys.exit(1)
+            if role == "service":
+                click.echo(f"kb: a service already runs for {s.data_dir} (pid {holder(s.data_dir) or '?'})", err=True)
+                sys.exit(1)
         if not said:
             click.echo(f"kb: waiting for another kb command (pid {holder(s.data_dir) or '?'}) to finish…", err=True)
             said = True

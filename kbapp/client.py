@@ -17,11 +17,16 @@ class ServiceError(KbError):
     """The service answered with an error, or stopped answering."""
 
 
+class ServiceGone(ServiceError):
+    """The service stopped answering (it exited, or a one-off owner finished)."""
+
+
 class Client:
     """Implements the Library protocol (server/api.py) by calling the service."""
 
     def __init__(self, socket_path: Path, timeout_s: float = 60.0) -> None:
         self.socket_path = socket_path
+        self.role = "service"  # or "one-off": a command that owns the directory for a moment
         self._http = httpx.Client(
             transport=httpx.HTTPTransport(uds=str(socket_path)), base_url="http://kb", timeout=timeout_s
         )
@@ -33,8 +38,10 @@ class Client:
             return None
         client = cls(socket_path, timeout_s=5.0)
         try:
-            client._http.get(f"{API}/health").raise_for_status()
-        except httpx.HTTPError:
+            r = client._http.get(f"{API}/health")
+            r.raise_for_status()
+            client.role = str(r.json().get("role", "service"))
+        except (httpx.HTTPError, ValueError):
             client.close()
             return None
         client._http.timeout = httpx.Timeout(600.0)
@@ -47,7 +54,7 @@ class Client:
         try:
             r = self._http.request(method, f"{API}{path}", json=body)
         except httpx.HTTPError as exc:
-            raise ServiceError(f"lost contact with the kb service: {exc}") from None
+            raise ServiceGone(f"lost contact with the kb service: {exc}") from None
         if r.status_code >= 400:
             try:
                 message = r.json()["error"]["message"]

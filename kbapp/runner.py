@@ -29,18 +29,19 @@ Handler = Callable[[Job, JobContext], JobResult]
 
 
 class Runner:
-    """Runs queued jobs until stopped. With `batch`, only that batch's jobs (a one-off CLI command)."""
+    """Runs queued jobs until stopped. With `batches`, only those batches' jobs (a one-off CLI command,
+    plus what other commands ask of it meanwhile: `add_batch`)."""
 
     def __init__(
         self, jobs: JobQueue, handlers: Mapping[str, Handler], lanes: Mapping[str, tuple[Sequence[str], int]],
-        parser_factory: Callable[[str], Any], *, batch: str | None = None, heartbeat_s: float = 10.0,
+        parser_factory: Callable[[str], Any], *, batches: Sequence[str] | None = None, heartbeat_s: float = 10.0,
         progress_every_s: float = 0.5,
     ) -> None:
         self.jobs = jobs
         self.handlers = handlers
         self.lanes = dict(lanes)
         self.parser_factory = parser_factory
-        self.batch = batch
+        self._batches: set[str] | None = None if batches is None else set(batches)
         self.heartbeat_s = heartbeat_s
         self.progress_every_s = progress_every_s
         self._stopping = threading.Event()  # claim nothing new
@@ -78,11 +79,24 @@ class Runner:
         for t in self._threads:
             t.join(timeout=30)
         self._handoffs.put(None)  # after the lane threads: nothing more can be handed off
-        self._store.join(timeout=30)
+        # The slice being written finishes (a stop is honoured between slices): never two writers at once.
+        self._store.join()
         for parser in self._parsers:
             close = getattr(parser, "close", None)
             if close is not None:
                 close()
+
+    def batches(self) -> list[str] | None:
+        """The batches this runner works for (None: every job)."""
+        with self._lock:
+            return None if self._batches is None else sorted(self._batches)
+
+    def add_batch(self, batch: str) -> None:
+        """Take on another batch (a second terminal's command, asked of this one-off owner)."""
+        with self._lock:
+            if self._batches is not None:
+                self._batches.add(batch)
+        self.jobs.notify()
 
     @property
     def stopping(self) -> bool:
@@ -102,7 +116,7 @@ class Runner:
         parser: Any = None
         while not self._stopping.is_set():
             try:
-                job = self.jobs.claim(claims, batch=self.batch)
+                job = self.jobs.claim(claims, batches=self.batches())
             except (sqlite3.Error, KbError) as exc:  # a locked or failing catalog: wait, do not die
                 log.error("cannot claim a job: %s", exc)
                 self._stopping.wait(2.0)

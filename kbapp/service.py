@@ -60,8 +60,11 @@ class ApiServer:
 class Owner:
     """This process as the owner of writes: the lock, start-up recovery, the API, the workers."""
 
-    def __init__(self, app: App, lock: WriteLock, *, serve: bool = True, recover: bool = True) -> None:
+    def __init__(
+        self, app: App, lock: WriteLock, *, serve: bool = True, recover: bool = True, role: str = "one-off"
+    ) -> None:
         self.app = app
+        app.role = role
         self.lock = lock
         self.api: ApiServer | None = None
         self.recovered = recover
@@ -89,7 +92,7 @@ def run_service(app: App, lock: WriteLock, *, scan_interval_s: float, echo: Call
         stop.set()
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    owner = Owner(app, lock)
+    owner = Owner(app, lock, role="service")
     try:
         app.warm_up()  # the model and a parser process load now, not inside the first person's request
         app.start_workers()

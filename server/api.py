@@ -94,7 +94,8 @@ def create_api(library: Library) -> Litestar:
 
     @get(f"{API}/health", sync_to_thread=False)
     def health() -> dict[str, Any]:
-        return {"ok": True, "pid": os.getpid()}
+        # role: "service" (kb watch) or "one-off" (a command owning the directory for a moment)
+        return {"ok": True, "pid": os.getpid(), "role": getattr(library, "role", "library")}
 
     @get(f"{API}/status", sync_to_thread=True)
     def status() -> dict[str, Any]:
@@ -140,5 +141,6 @@ def create_api(library: Library) -> Litestar:
         route_handlers=[health, status, search, ingest, forget, reindex, batch, retry, held_list, held_release],
         exception_handlers={Exception: _error},
         openapi_config=None,
+        logging_config=None,  # the CLI configures logging; Litestar's default would reset it to INFO
         debug=False,
     )

@@ -87,12 +87,6 @@ def test_bad_setting_is_a_clear_error(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "KB_WORKERS" in proc.stderr and "Traceback" not in proc.stderr
 
 
-@pytest.mark.xfail(
-    reason="server/api.py create_api builds Litestar with its default logging_config, which reconfigures the root "
-           "logger when the API is created (level INFO, Litestar's handler): every command that serves the API "
-           "(a one-off kb ingest/forget/reindex, kb watch) prints INFO lines on stderr without -v",
-    strict=False,
-)
 def test_quiet_without_verbose(tmp_path: Path) -> None:
     data = tmp_path / "data"
     note = tmp_path / "note.txt"

@@ -464,12 +464,6 @@ def test_sigterm_mid_file_stops_gracefully_and_the_file_ends_up_indexed_once(
 
 
 # -- 6. two one-off commands ----------------------------------------------------------------------
-@pytest.mark.xfail(
-    reason="a one-off owner runs only its own batch (App.run_batch -> Runner(batch=...)), so a second command's "
-           "batch queued through its API is never run; when the owner exits the client fails with "
-           "'lost contact with the kb service' (kbapp/cli.py _follow, kbapp/client.py _call)",
-    strict=False,
-)
 def test_second_command_becomes_a_client_of_a_one_off_owner(tmp_path: Path) -> None:
     data = tmp_path / "data"
     big = write_notes(tmp_path / "big", 40)
@@ -498,12 +492,6 @@ def test_second_command_becomes_a_client_of_a_one_off_owner(tmp_path: Path) -> N
     assert not jobs_left(data)
 
 
-@pytest.mark.xfail(
-    reason="kbapp/cli.py watch(): when the lock is held, any process answering on the socket is taken for a "
-           "service; a one-off write command serves the API too, so `kb watch` started during a `kb ingest` exits 1 "
-           "with 'a service already runs' instead of waiting for it and then starting",
-    strict=False,
-)
 def test_watch_started_during_a_one_off_command_waits_then_serves(tmp_path: Path) -> None:
     data, inbox = tmp_path / "data", tmp_path / "inbox"
     big = tmp_path / "big"
@@ -530,12 +518,6 @@ def test_watch_started_during_a_one_off_command_waits_then_serves(tmp_path: Path
 
 
 # -- a file asked for twice while it is being read ------------------------------------------------
-@pytest.mark.xfail(
-    reason="kb/jobs.py: a job re-requested while running gets rerun_action and runs once more; the rerun's "
-           "outcome ('unchanged') overwrites the first run's ('added') and JobQueue.batch reports the job's final "
-           "outcome to every batch, so the request that added the file reports it as unchanged",
-    strict=False,
-)
 def test_a_file_asked_for_again_while_it_runs_is_reported_added_once(tmp_path: Path) -> None:
     data, inbox = tmp_path / "data", tmp_path / "inbox"
     docs = tmp_path / "docs"
