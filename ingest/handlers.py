@@ -119,7 +119,7 @@ class IngestHandler:
         if doc is not None and doc.status not in (DOC_INDEXED, DOC_EMPTY):
             self.store.purge([doc.id])  # left half-written by a job that is gone
         try:
-            self.store.index  # noqa: B018 - opening it checks the model before any parsing is spent
+            self.store.index.check_model()  # before any parsing is spent
         except IndexMismatchError:
             if self.catalog.get_meta("reindex_target") is None:
                 raise

@@ -14,6 +14,7 @@ from typing import Any
 
 from ingest.store import Store
 from kb.catalog import DOC_DELETING, Catalog
+from kb.errors import IndexMismatchError
 from kb.jobs import LANE_MAINT, JobQueue
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,12 @@ def recover(catalog: Catalog, jobs: JobQueue, store: Store, *, full: bool = True
         jobs.prune()
         return report
     index = store.index
+    try:
+        index.check_model()
+    except IndexMismatchError as exc:  # vectors of another model: the reindex that must follow rebuilds them
+        log.warning("skipping the vector check: %s", exc)
+        jobs.prune()
+        return report
     in_chroma = index.all_ids()
     in_catalog = catalog.all_chunk_ids()
     orphans = in_chroma - in_catalog

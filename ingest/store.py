@@ -148,6 +148,7 @@ class Store:
         self, doc: DocumentRecord, chunks: list[ChunkRecord], vectors: np.ndarray | None,
         progress: ProgressFn | None, should_stop: Callable[[], bool] | None = None,
     ) -> None:
+        self.index.check_model()  # never mix vectors of two models in one collection
         if vectors is not None and len(vectors) == len(chunks):
             todo = list(range(len(chunks)))
         else:

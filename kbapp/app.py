@@ -90,7 +90,8 @@ class App:
                 assert name is not None  # set by the catalog's migrations
                 e = self.embedder
                 index = self.vectors.collection(name, e.name, e.dim)
-                index.check_model()
+                # No model check here: deleting vectors works whatever model made them. Embedding into or
+                # searching this collection checks (VectorIndex.check_model) and says to run `kb reindex`.
                 if self.catalog.get_meta("embed_model") is None:
                     self.catalog.set_meta("embed_model", e.name)
                     self.catalog.set_meta("embed_dim", str(e.dim))
@@ -365,13 +366,13 @@ class App:
         return stats
 
     def check(self) -> None:
-        """Open the index now, so a model mismatch or an unreachable Chroma is reported at start."""
+        """Open the index now, so an unreachable Chroma is reported at start. A model mismatch is not fatal
+        here: the owner must run, if only to carry out the `kb reindex` that resolves it (searches and
+        ingests say so meanwhile)."""
         try:
-            self.index()
-        except IndexMismatchError:
-            job = self.jobs.by_key("reindex")
-            if job is None or job.state not in (QUEUED, RUNNING):
-                raise
+            self.index().check_model()
+        except IndexMismatchError as exc:
+            log.warning("%s", exc)
 
     def close(self) -> None:
         self.stop_workers(grace_s=0)

@@ -55,8 +55,9 @@ class Searcher:
         self.embedder = embedder
 
     def _dense(self, query: str, depth: int, where: dict[str, Any] | None) -> list[tuple[str, float]]:
+        index = self._index()
         try:
-            index = self._index()
+            index.check_model()
         except IndexMismatchError:
             # The vectors are being rebuilt for a new model: keywords answer meanwhile, not an error.
             if self.catalog.get_meta("reindex_target") is None:

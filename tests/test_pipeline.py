@@ -422,3 +422,34 @@ def test_chunk_limit_is_a_recorded_warning(make_app: AppFactory, tmp_path: Path)
     assert src is not None and src.warning and "max_chunks" in src.warning
     assert app.catalog.chunk_count() == 3
     assert any("max_chunks" in w["warning"] for w in app.status()["warnings"])
+
+
+def test_an_owner_starts_despite_a_model_change_so_reindex_can_run(make_app: AppFactory, tmp_path: Path) -> None:
+    """After the embedding model setting changes, the owner must still start (to run the reindex that fixes
+    it); meanwhile ingest and search say what to do, and nothing of the old vectors is mixed."""
+    from kb.lock import try_lock
+    from kbapp.service import Owner
+
+    data = tmp_path / "data"
+    app = make_app(embedder=HashEmbedder(name="model-a"), data_dir=data)
+    texts(tmp_path / "in", 2)
+    app.ingest([tmp_path / "in"])
+    app.catalog.set_meta("owner_clean", "0")  # as after a crash: recovery runs its full check too
+    app.close()
+    other = make_app(embedder=HashEmbedder(dim=32, name="model-b"), data_dir=data)
+    lock = try_lock(data)
+    assert lock is not None
+    owner = Owner(other, lock, serve=False)
+    try:
+        with pytest.raises(IndexMismatchError, match="kb reindex"):
+            other.search("topic1")
+        (tmp_path / "in" / "new.txt").write_text("A new note about topic9.\n")
+        r = other.ingest([tmp_path / "in" / "new.txt"])
+        assert r["failed"] == 1 and "kb reindex" in r["failures"][0]["error"]
+        other.reindex()
+        assert other.search("topic1")[0]["text"].count("topic1")
+        other.retry()
+        assert other.ingest([tmp_path / "in"])["added"] == 1  # the retried file, with the new model
+    finally:
+        owner.close()
+    consistent(other)
