@@ -130,7 +130,7 @@ class Scanner:
                 state = HELD
                 report.held += len(gone)
                 report.held_roots.append(display(prefix))
-                log.warning(
+                log.info(
                     "%s: %d of %d files seem to have disappeared; holding their removal for confirmation "
                     "(kb held --confirm)", display(prefix), len(gone), len(under),
                 )

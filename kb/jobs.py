@@ -310,36 +310,40 @@ class JobQueue:
             return int(cur.rowcount)
 
     # -- people -----------------------------------------------------------------------------------
-    def retry(self, job_ids: Sequence[int] | None = None) -> int:
-        """Queue failed jobs again now (all of them when no ids are given), with fresh attempts."""
+    def retry(self, job_ids: Sequence[int] | None = None, batch: str | None = None) -> int:
+        """Queue failed jobs again now (all of them when no ids are given), with fresh attempts; with
+        `batch`, the requester can follow them."""
+        where = "(state=? OR (state=? AND last_error IS NOT NULL))"
+        params: list[Any] = [FAILED, QUEUED]
+        if job_ids:
+            where += f" AND id IN ({','.join('?' * len(job_ids))})"
+            params += list(job_ids)
+        return self._requeue(where, params, batch, reset_attempts=True)
+
+    def release_held(self, *, confirm: bool, batch: str | None = None) -> int:
+        """Held jobs (mass deletions): confirm runs them, otherwise they are dropped."""
+        if confirm:
+            return self._requeue("state=?", [HELD], batch, reset_attempts=False)
+        with self.transaction() as db:
+            return int(db.execute("DELETE FROM jobs WHERE state=?", (HELD,)).rowcount)
+
+    def _requeue(self, where: str, params: list[Any], batch: str | None, *, reset_attempts: bool) -> int:
         now = self.clock()
         with self.transaction() as db:
-            if job_ids:
-                marks = ",".join("?" * len(job_ids))
-                cur = db.execute(
-                    f"UPDATE jobs SET state=?, attempts=0, run_after=?, updated_at=? WHERE id IN ({marks})"
-                    " AND (state=? OR (state=? AND last_error IS NOT NULL))",
-                    (QUEUED, now, now, *job_ids, FAILED, QUEUED),
+            ids = [int(r["id"]) for r in db.execute(f"SELECT id FROM jobs WHERE {where}", params)]
+            for i in range(0, len(ids), 500):
+                part = ids[i : i + 500]
+                marks = ",".join("?" * len(part))
+                attempts = ", attempts=0" if reset_attempts else ""
+                db.execute(
+                    f"UPDATE jobs SET state=?, run_after=?, updated_at=?{attempts} WHERE id IN ({marks})",
+                    (QUEUED, now, now, *part),
                 )
-            else:
-                cur = db.execute(
-                    "UPDATE jobs SET state=?, attempts=0, run_after=?, updated_at=? WHERE state=?"
-                    " OR (state=? AND last_error IS NOT NULL)",
-                    (QUEUED, now, now, FAILED, QUEUED),
-                )
-            return int(cur.rowcount)
-
-    def release_held(self, *, confirm: bool) -> int:
-        """Held jobs (mass deletions): confirm runs them, otherwise they are dropped."""
-        with self.transaction() as db:
-            if confirm:
-                cur = db.execute(
-                    "UPDATE jobs SET state=?, run_after=?, updated_at=? WHERE state=?",
-                    (QUEUED, self.clock(), self.clock(), HELD),
-                )
-            else:
-                cur = db.execute("DELETE FROM jobs WHERE state=?", (HELD,))
-            return int(cur.rowcount)
+                if batch is not None:
+                    db.executemany(
+                        "INSERT OR REPLACE INTO batch_jobs(batch_id, job_id) VALUES (?,?)", [(batch, j) for j in part]
+                    )
+            return len(ids)
 
     def prune(self, older_than_s: float = 7 * 86400) -> int:
         """Forget finished jobs after a while (failed ones stay until retried or their source changes)."""

@@ -317,15 +317,20 @@ class App:
     def batch(self, batch: str) -> dict[str, Any] | None:
         return self.jobs.batch(batch)
 
-    def retry(self, job_ids: Sequence[int] | None = None) -> int:
-        return self.jobs.retry(job_ids)
+    def retry(self, job_ids: Sequence[int] | None = None) -> dict[str, Any]:
+        """Failed work queued again now, as a batch the requester can follow."""
+        batch = self.jobs.new_batch("retry")
+        return {"retried": self.jobs.retry(job_ids, batch=batch), "batch": self._adopt(batch)}
 
     def held(self, *, confirm: bool | None = None) -> dict[str, Any]:
-        """Deletions waiting for confirmation; confirm=True runs them, False drops them."""
+        """Deletions waiting for confirmation; confirm=True runs them (as a batch to follow), False drops them."""
         jobs = self.jobs.jobs([HELD], limit=100000)
         if confirm is None:
             return {"held": len(jobs), "paths": [display(j.uri or "") for j in jobs[:50]]}
-        return {"released" if confirm else "discarded": self.jobs.release_held(confirm=confirm)}
+        if not confirm:
+            return {"discarded": self.jobs.release_held(confirm=False)}
+        batch = self.jobs.new_batch("forget")
+        return {"released": self.jobs.release_held(confirm=True, batch=batch), "batch": self._adopt(batch)}
 
     def search(
         self, query: str, k: int = 5, kind: str | None = None, file_type: str | None = None

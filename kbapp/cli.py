@@ -383,12 +383,13 @@ def _print_status(stats: dict[str, Any]) -> None:
 
 @main.command()
 @click.argument("job_ids", nargs=-1, type=int)
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--no-wait", is_flag=True, help="Queue the work with the running service and return at once.")
 @click.pass_obj
 @_errors
-def retry(obj: Context, job_ids: tuple[int, ...]) -> None:
+def retry(obj: Context, job_ids: tuple[int, ...], as_json: bool, no_wait: bool) -> None:
     """Try failed work again now (all failed jobs, or the given job ids from `kb status --json`)."""
-    n = obj.library(writes=True).retry(list(job_ids) or None)
-    click.echo(f"queued {n} job{'s' if n != 1 else ''} again" + ("" if obj.client else "; `kb watch` runs them"))
+    _submit_and_follow(obj, lambda lib: lib.retry(list(job_ids) or None)["batch"], wait=not no_wait, as_json=as_json)
 
 
 @main.command()
@@ -403,11 +404,19 @@ def held(obj: Context, confirm: bool, discard: bool) -> None:
     lib = obj.library(writes=True)
     if not (confirm or discard):
         info = lib.held()
-        click.echo(f"{info['held']} removals held")
+        click.echo(f"{info['held']} removals held" + (":" if info["paths"] else ""))
         for p in info["paths"]:
             click.echo(f"  {p}")
+        if info["held"] > len(info["paths"]):
+            click.echo(f"  … and {info['held'] - len(info['paths'])} more")
         return
-    click.echo(json.dumps(lib.held(confirm=confirm)))
+    if discard:
+        n = lib.held(confirm=False)["discarded"]
+        click.echo(f"kept {n} file{'s' if n != 1 else ''} in the library (the held removals are dropped)")
+        return
+    state = _follow(obj, lib, lib.held(confirm=True)["batch"], quiet=False)
+    n = state["outcomes"].get("removed", 0)
+    click.echo(f"removed {n} file{'s' if n != 1 else ''} from the library")
 
 
 @main.command()

@@ -83,8 +83,8 @@ class Client:
     def batch(self, batch: str) -> dict[str, Any] | None:
         return dict(self._call("GET", f"/batches/{batch}"))
 
-    def retry(self, job_ids: Sequence[int] | None = None) -> int:
-        return int(self._call("POST", "/retry", {"job_ids": list(job_ids or [])})["retried"])
+    def retry(self, job_ids: Sequence[int] | None = None) -> dict[str, Any]:
+        return dict(self._call("POST", "/retry", {"job_ids": list(job_ids or [])}))
 
     def held(self, *, confirm: bool | None = None) -> dict[str, Any]:
         if confirm is None:

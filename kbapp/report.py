@@ -18,7 +18,7 @@ def summarize(state: dict[str, Any]) -> dict[str, Any]:
                   "retry_at": None} for e in info.get("still_failing", [])]
     return {
         "batch": state["id"],
-        "files": info.get("files", 0),
+        "files": info.get("files", state["jobs"]),
         "added": o.get("added", 0),
         "updated": o.get("updated", 0),
         "unchanged": info.get("unchanged", 0) + o.get("unchanged", 0),

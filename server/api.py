@@ -38,7 +38,7 @@ class Library(Protocol):
 
     def batch(self, batch: str) -> dict[str, Any] | None: ...
 
-    def retry(self, job_ids: Sequence[int] | None = None) -> int: ...
+    def retry(self, job_ids: Sequence[int] | None = None) -> dict[str, Any]: ...
 
     def held(self, *, confirm: bool | None = None) -> dict[str, Any]: ...
 
@@ -127,7 +127,7 @@ def create_api(library: Library) -> Litestar:
 
     @post(f"{API}/retry", sync_to_thread=True, status_code=200)
     def retry(data: RetryRequest) -> dict[str, Any]:
-        return {"retried": library.retry(data.job_ids or None)}
+        return library.retry(data.job_ids or None)
 
     @get(f"{API}/held", sync_to_thread=True)
     def held_list() -> dict[str, Any]:
