@@ -112,6 +112,11 @@ class IngestHandler:
         holder = self.catalog.claim_content(h, job.id)
         if holder is not None:
             return Defer(0.5, f"waiting for job {holder}, which is reading the same content")
+        doc = self.catalog.document_by_hash(h)  # the previous holder may have finished just now
+        if doc is not None and doc.status in (DOC_INDEXED, DOC_EMPTY) and not force:
+            self.catalog.release_claims(job.id)
+            self.store.link(doc, [link])
+            return Done(self._outcome(existed, doc.status == DOC_EMPTY))
         resumable = self.catalog.resumable_document(h, job.id)
         if resumable is not None:  # this job was killed while writing it: finish, embedding only what is missing
             self.store.finish(resumable.id, h, [link], progress=ctx.progress)

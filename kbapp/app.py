@@ -242,11 +242,13 @@ class App:
                 self.jobs.wait(0.2)
         finally:
             runner.stop(grace_s=0)
+            self._runner = None
 
     def _adopt(self, batch: str) -> str:
         """A batch submitted while a one-off runner works: it is that runner's work too."""
-        if self._runner is not None:
-            self._runner.add_batch(batch)
+        runner = self._runner
+        if runner is not None and not runner.stopping:
+            runner.add_batch(batch)
         return batch
 
     # -- one-off work in this process (tests, and the CLI when no service runs) ------------------

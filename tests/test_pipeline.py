@@ -47,7 +47,7 @@ def test_ingest_then_rescan_embeds_nothing(make_app: AppFactory, tmp_path: Path)
     assert (r1['added'], r1['unchanged'], r1['failed']) == (3, 0, 0)
     embedded = emb.embedded
     r2 = app.ingest([tmp_path / "in"])
-    assert (r2['added'], r2['unchanged']) == (0, 3)
+    assert (r2['added'], r2['unchanged']) == (0, 3), r2
     # touching a file changes its time but not its content: still nothing re-embedded
     os.utime(tmp_path / "in" / "note0.txt", (1, 1))
     r3 = app.ingest([tmp_path / "in"])
