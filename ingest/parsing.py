@@ -661,9 +661,11 @@ def _init_child(boot: _Boot) -> tuple[ParserRegistry, Chunker]:
 
     offline_environment()
     # Parsers yield the CPU to the embedder: torch's threads stall badly when a core is taken from
-    # them mid-batch, so overlapping at equal priority is slower than not overlapping at all.
+    # them mid-batch, so overlapping at equal priority is slower than not overlapping at all. At the
+    # lowest priority a parse runs in the embedder's gaps (tokenising, storing, waiting for the next
+    # document); when there is nothing to embed it has the machine to itself anyway.
     with contextlib.suppress(OSError):
-        os.nice(10)
+        os.nice(19)
     factory: RegistryFactory = pickle.loads(boot.factory)
     return factory(boot.config), build_chunker(boot.config)
 

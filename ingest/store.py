@@ -155,6 +155,9 @@ class Store:
             vectors = None
             have = self.index.existing([c.id for c in chunks])  # resuming: only what is missing
             todo = [i for i, c in enumerate(chunks) if c.id not in have]
+        # Slices of similar length: the model pads every text of a batch to its longest, so slicing a
+        # length-sorted list wastes as little as embedding the whole document in one call would.
+        todo.sort(key=lambda i: len(chunks[i].text) + len(chunks[i].section or ""))
         for start in range(0, len(todo), self.SLICE):
             if should_stop is not None and should_stop():
                 raise Interrupted()

