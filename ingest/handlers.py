@@ -12,10 +12,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from ingest.parsers.base import ParserRegistry, ProgressFn, Source
-from ingest.parsing import Failed, Parsed
+from ingest.parsing import Failed, Parsed, SourceParser
 from ingest.scan import Scanner
 from ingest.store import Interrupted, Store
 from kb.catalog import DOC_EMPTY, DOC_INDEXED, SRC_EMPTY, SRC_INDEXED, Catalog, Link
@@ -24,12 +24,6 @@ from kb.jobs import Defer, Done, Fail, Handoff, Job, JobResult
 from kb.paths import display, from_uri
 
 log = logging.getLogger(__name__)
-
-
-class SourceParser(Protocol):
-    """A parser process (or the inline parser in tests) owned by one worker thread."""
-
-    def parse(self, source: Source, progress: ProgressFn, stop: Any = None) -> Any: ...
 
 
 @dataclass

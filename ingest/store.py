@@ -139,9 +139,9 @@ class Store:
         chunks = self.catalog.chunks_of(doc_id)
         if chunks:
             self._upsert(doc, chunks, vectors, progress, should_stop)
+        # The vectors were written with this document's first path: no metadata refresh needed here.
         orphans = self.catalog.finish_document(doc_id, links, content_hash)
         self.purge(orphans)
-        self.refresh_metadata([doc_id])
         return orphans
 
     def _upsert(

@@ -88,6 +88,14 @@ def wait_for(what: str, check: Callable[[], T | None], timeout: float, *, interv
         time.sleep(interval)
 
 
+def reap(procs: list[subprocess.Popen[str]]) -> None:
+    """Kill whatever a failed test left running."""
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 def write_notes(folder: Path, n: int, prefix: str = "note") -> list[Path]:
     """n short distinct notes (one passage each: cheap to embed on a slow machine)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -255,10 +263,7 @@ def test_commands_are_clients_of_the_running_service(tmp_path: Path, real_app: C
             assert hits and hits[0]["path"] == str(files["tomatoes"])
             outs = [p.communicate(timeout=300) for p in both]
         finally:
-            for p in both:
-                if p.poll() is None:
-                    p.kill()
-                    p.wait()
+            reap(both)
         for p, (out, err) in zip(both, outs, strict=True):
             assert p.returncode == 0, err
             r = json.loads(out)
@@ -536,10 +541,7 @@ def test_a_file_asked_for_again_while_it_runs_is_reported_added_once(tmp_path: P
                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
             outs = [p.communicate(timeout=300) for p in procs]
         finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-                    p.wait()
+            reap(procs)
         assert all(p.returncode == 0 for p in procs), outs
         first, second = (json.loads(out) for out, _ in outs)
         rc, _ = svc.stop()
