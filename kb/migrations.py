@@ -202,11 +202,28 @@ ALTER TABLE batch_jobs ADD COLUMN error TEXT;
 ALTER TABLE batch_jobs ADD COLUMN rerun INTEGER NOT NULL DEFAULT 0;
 """
 
+# Watchers: folder tags, IMAP sync state, and chunk roles (quoted replies and signatures weigh less).
+_WATCHERS = """
+ALTER TABLE sources ADD COLUMN tag TEXT;
+CREATE INDEX sources_parent ON sources(parent_uri);
+CREATE TABLE mail_folders(
+    account TEXT NOT NULL,
+    folder TEXT NOT NULL,
+    uidvalidity INTEGER,               -- the server's UIDVALIDITY when last_uid was recorded
+    last_uid INTEGER NOT NULL DEFAULT 0,  -- every message up to here has its job queued (same transaction)
+    last_sync REAL,
+    last_error TEXT,
+    PRIMARY KEY(account, folder)
+);
+ALTER TABLE chunks ADD COLUMN role TEXT;
+"""
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "baseline", _script(_BASELINE)),
     Migration(2, "jobs, claims, source warnings, pipeline versions", _script(_JOBS)),
     Migration(3, "instance id and collection name", _instance),
     Migration(4, "per-request job outcomes", _script(_BATCH_OUTCOMES)),
+    Migration(5, "folder tags, mail sync state, chunk roles", _script(_WATCHERS)),
 ]
 LATEST = MIGRATIONS[-1].version
 

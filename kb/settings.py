@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -17,6 +18,92 @@ from pydantic_settings import (
 from kb.errors import ConfigError
 
 _CONFIG_FILE_ENV = "KB_CONFIG"
+_LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+# Names a watched folder never ingests: partial downloads and copies, editor and Office lock/swap files,
+# hidden files and folders. Matched against each path component (fnmatch, case-insensitive).
+DEFAULT_IGNORE = [
+    ".*", "*.part", "*.partial", "*.crdownload", "*.download", "*.tmp", "*.temp", "~$*", "*.swp", "*.swx",
+    "*~", "#*#", "Thumbs.db", "desktop.ini",
+]
+
+
+class WatchedFolder(BaseModel):
+    """A folder the service mirrors into the library; written as a path, or a table with a tag."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: Path
+    tag: str | None = Field(None, description="Label for everything from this folder; a search filter.")
+    mode: Literal["auto", "events", "poll"] = Field(
+        "auto", description="'events' (inotify), 'poll' (network mounts), or 'auto' to choose."
+    )
+
+    @field_validator("tag")
+    @classmethod
+    def _tag(cls, v: str | None) -> str | None:
+        v = (v or "").strip()
+        if v and not _NAME.match(v):
+            raise ValueError("a tag is 1-64 letters, digits, '_', '.' or '-'")
+        return v or None
+
+
+class MailAccount(BaseModel):
+    """An IMAP mailbox read (never modified) by the service. The password comes from the environment or a
+    file, so it is never written in kb.toml; it is a SecretStr, shown as '**********' everywhere."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Short identifier, used in the library's mail addresses (imap://NAME/...).")
+    host: str
+    port: int | None = Field(None, ge=1, le=65535, description="Default 993 for tls, 143 otherwise.")
+    security: Literal["tls", "starttls", "none"] = Field(
+        "tls", description="'none' (no encryption) is only allowed to a loopback address."
+    )
+    username: str
+    password_env: str | None = Field(None, description="Environment variable holding the password.")
+    password_file: Path | None = Field(None, description="File holding the password (first line).")
+    password: SecretStr | None = Field(None, exclude=True, description="Resolved from password_env/password_file.")
+    folders: list[str] = Field(default_factory=lambda: ["INBOX"])
+    tag: str | None = None
+    idle: bool = Field(True, description="Use IMAP IDLE when the server offers it; else poll.")
+    poll_interval_s: float = Field(300.0, ge=5, description="Polling period without IDLE, and IDLE renewal.")
+    verify_tls: bool = Field(True, description="Check the server's certificate.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError("an account name is 1-64 letters, digits, '_', '.' or '-'")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> MailAccount:
+        if self.security == "none" and self.host.strip("[]").lower() not in _LOOPBACK:
+            raise ValueError(
+                f"security 'none' sends the password in clear text: only allowed to 127.0.0.1/::1/localhost, "
+                f"not {self.host!r}; use 'tls' or 'starttls'"
+            )
+        if self.port is None:
+            self.port = 993 if self.security == "tls" else 143
+        if self.password is None:
+            if self.password_env:
+                value = os.environ.get(self.password_env)
+                if value is None:
+                    raise ValueError(f"password_env names {self.password_env!r}, which is not set")
+                self.password = SecretStr(value)
+            elif self.password_file:
+                try:
+                    first = self.password_file.expanduser().read_text().splitlines()
+                except OSError as exc:
+                    raise ValueError(f"cannot read password_file: {exc.strerror or exc}") from None
+                self.password = SecretStr(first[0] if first else "")
+            else:
+                raise ValueError("set password_env (an environment variable) or password_file")
+        if not self.folders:
+            raise ValueError("folders: name at least one mailbox folder, e.g. ['INBOX']")
+        return self
 
 
 class Settings(BaseSettings):
@@ -30,8 +117,26 @@ class Settings(BaseSettings):
     )
 
     data_dir: Path = Field(Path("data"), description="Home of the instance: catalog, vectors, inbox.")
-    inbox: list[Path] = Field(
-        default_factory=list, description="Folders to ingest and watch; default <data_dir>/inbox."
+    inbox: list[WatchedFolder] = Field(
+        default_factory=list,
+        description="Folders to ingest and watch (paths, or {path, tag, mode} tables); default <data_dir>/inbox.",
+    )
+    watch_ignore: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_IGNORE),
+        description="File and folder name patterns never ingested (temporary, partial, hidden).",
+    )
+    watch_settle_s: float = Field(
+        1.0, ge=0, le=600, description="A file is queued once its size and time stayed the same this long."
+    )
+    watch_poll_s: float = Field(5.0, ge=0.2, description="Polling period for folders watched by polling.")
+    reconcile_interval_s: float = Field(
+        900.0, ge=0, description="Full rescan of the watched folders to repair missed events; 0 turns it off."
+    )
+
+    mail: list[MailAccount] = Field(default_factory=list, description="IMAP accounts to read.")
+    mail_max_message_mb: float = Field(50.0, gt=0, description="Messages larger than this are not fetched.")
+    mail_max_attachment_mb: float = Field(
+        25.0, gt=0, description="Attachments larger than this are listed but not read."
     )
 
     embed_model: str = Field(
@@ -92,6 +197,23 @@ class Settings(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
         return tuple(sources)
 
+    @field_validator("inbox", mode="before")
+    @classmethod
+    def _folders(cls, v: Any) -> Any:
+        if isinstance(v, (str, Path)):
+            v = [v]
+        if isinstance(v, list):
+            return [{"path": x} if isinstance(x, (str, Path)) else x for x in v]
+        return v
+
+    @field_validator("mail")
+    @classmethod
+    def _accounts(cls, v: list[MailAccount]) -> list[MailAccount]:
+        names = [a.name for a in v]
+        if len(set(names)) != len(names):
+            raise ValueError("two mail accounts share a name")
+        return v
+
     @field_validator("ocr_languages")
     @classmethod
     def _langs(cls, v: str) -> str:
@@ -111,8 +233,9 @@ class Settings(BaseSettings):
     def _defaults(self) -> Settings:
         self.data_dir = self.data_dir.expanduser()
         if not self.inbox:
-            self.inbox = [self.data_dir / "inbox"]
-        self.inbox = [p.expanduser() for p in self.inbox]
+            self.inbox = [WatchedFolder(path=self.data_dir / "inbox")]
+        for folder in self.inbox:
+            folder.path = folder.path.expanduser()
         return self
 
     # Paths derived from data_dir, so every component agrees on the layout.
@@ -127,6 +250,24 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.data_dir / "models"
+
+    @property
+    def blobs_dir(self) -> Path:
+        """Content-addressed raw bytes kept by kb itself (mail messages), so they can be shown and re-read."""
+        return self.data_dir / "blobs"
+
+    @property
+    def inbox_paths(self) -> list[Path]:
+        return [f.path for f in self.inbox]
+
+    def folder_tag(self, path: Path) -> str | None:
+        """The tag of the watched folder holding `path` (the innermost one), if any."""
+        best: WatchedFolder | None = None
+        for f in self.inbox:
+            inside = path == f.path or f.path in path.parents
+            if inside and (best is None or len(f.path.parts) > len(best.path.parts)):
+                best = f
+        return best.tag if best else None
 
     @property
     def socket_path(self) -> Path:

@@ -236,7 +236,7 @@ def _submit_and_follow(obj: Context, submit: Callable[[Any], str], *, wait: bool
 def ingest(obj: Context, paths: tuple[Path, ...], as_json: bool, force: bool, no_mirror: bool, no_wait: bool) -> None:
     """Ingest files and folders (recursively); with no PATHS, the configured inbox folders."""
     settings = _settings_or_exit(obj)
-    targets = list(paths) or list(settings.inbox)
+    targets = list(paths) or list(settings.inbox_paths)
     if not paths:
         for p in targets:
             p.mkdir(parents=True, exist_ok=True)

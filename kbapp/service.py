@@ -96,11 +96,11 @@ def run_service(app: App, lock: WriteLock, *, scan_interval_s: float, echo: Call
     try:
         app.warm_up()  # the model and a parser process load now, not inside the first person's request
         app.start_workers()
-        for p in app.settings.inbox:
+        for p in app.settings.inbox_paths:
             p.mkdir(parents=True, exist_ok=True)
-        echo(f"kb: watching {', '.join(str(p) for p in app.settings.inbox)} (pid {os.getpid()}); Ctrl-C stops")
+        echo(f"kb: watching {', '.join(str(p) for p in app.settings.inbox_paths)} (pid {os.getpid()}); Ctrl-C stops")
         while not stop.is_set():
-            app.submit_scan([str(p) for p in app.settings.inbox], key="scan:inbox")
+            app.submit_scan([str(p) for p in app.settings.inbox_paths], key="scan:inbox")
             stop.wait(scan_interval_s)
         echo("kb: stopping: finishing or requeueing work in flight")
         app.stop_workers(grace_s=10.0)

@@ -9,6 +9,7 @@ APT_PACKAGES=(
   tesseract-ocr tesseract-ocr-eng tesseract-ocr-osd   # OCR (osd: page orientation)
   poppler-utils ffmpeg libmagic1                      # PDF tools, media decoding, file types
   espeak-ng fonts-dejavu-core                         # speech and scanned-page fixtures for the tests
+  dovecot-imapd                                       # a real IMAP server for the mail tests
 )
 VENV=.venv
 PY=${KB_PYTHON:-python3.11}
