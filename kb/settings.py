@@ -233,7 +233,7 @@ class Settings(BaseSettings):
     def _defaults(self) -> Settings:
         self.data_dir = self.data_dir.expanduser()
         if not self.inbox:
-            self.inbox = [WatchedFolder(path=self.data_dir / "inbox")]
+            self.inbox = [WatchedFolder(path=self.data_dir / "inbox", tag=None, mode="auto")]
         for folder in self.inbox:
             folder.path = folder.path.expanduser()
         return self
