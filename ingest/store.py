@@ -185,7 +185,7 @@ class Store:
         for ln in links:
             orphans += self.catalog.link_source(
                 ln.uri, ln.source_type, doc.id, content_hash=doc.content_hash, size=ln.size, mtime_ns=ln.mtime_ns,
-                status=status, parent_uri=ln.parent_uri, warning=ln.warning,
+                status=status, parent_uri=ln.parent_uri, warning=ln.warning, tag=ln.tag,
             )
         self.purge(orphans)
         return orphans

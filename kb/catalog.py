@@ -90,6 +90,7 @@ class SourceRecord:
     updated_at: float
     warning: str | None = None
     parent_uri: str | None = None
+    tag: str | None = None  # the watched folder's or mail account's tag
 
     @property
     def kept_previous(self) -> bool:
@@ -107,6 +108,7 @@ class Link:
     mtime_ns: int | None = None
     parent_uri: str | None = None
     warning: str | None = None
+    tag: str | None = None
 
 
 def chunk_id(content_hash: str, seq: int) -> str:
@@ -199,6 +201,7 @@ class Catalog:
 
     def record_failure(
         self, uri: str, source_type: str, error: str, *, size: int | None, mtime_ns: int | None,
+        parent_uri: str | None = None, tag: str | None = None,
     ) -> None:
         """Mark a source failed, keeping any previous good version searchable beside the error.
 
@@ -213,26 +216,27 @@ class Catalog:
             if row is None:
                 db.execute(
                     "INSERT INTO sources(uri, source_type, doc_id, content_hash, size, mtime_ns, status, error,"
-                    " first_seen, updated_at) VALUES (?,?,NULL,NULL,?,?,?,?,?,?)",
-                    (uri, source_type, size, mtime_ns, SRC_FAILED, error, now, now),
+                    " first_seen, updated_at, parent_uri, tag) VALUES (?,?,NULL,NULL,?,?,?,?,?,?,?,?)",
+                    (uri, source_type, size, mtime_ns, SRC_FAILED, error, now, now, parent_uri, tag),
                 )
             else:
                 db.execute(
-                    "UPDATE sources SET size=?, mtime_ns=?, status=?, error=?, warning=NULL, updated_at=?"
-                    " WHERE id=?",
-                    (size, mtime_ns, SRC_FAILED, error, now, row["id"]),
+                    "UPDATE sources SET size=?, mtime_ns=?, status=?, error=?, warning=NULL, updated_at=?,"
+                    " parent_uri=coalesce(?, parent_uri), tag=? WHERE id=?",
+                    (size, mtime_ns, SRC_FAILED, error, now, parent_uri, tag, row["id"]),
                 )
 
     def link_source(
         self, uri: str, source_type: str, doc_id: int, *, content_hash: str, size: int | None,
         mtime_ns: int | None, status: str, parent_uri: str | None = None, warning: str | None = None,
+        tag: str | None = None,
     ) -> list[int]:
         """Point a source at a document; returns the ids of documents that lost their last source."""
         with self.transaction() as db:
             old = db.execute("SELECT doc_id FROM sources WHERE uri=?", (uri,)).fetchone()
             error = "no text found in the file" if status == SRC_EMPTY else None
             self._upsert_source(
-                db, uri, source_type, doc_id, content_hash, size, mtime_ns, status, error, parent_uri, warning
+                db, uri, source_type, doc_id, content_hash, size, mtime_ns, status, error, parent_uri, warning, tag
             )
             if old and old["doc_id"] is not None and old["doc_id"] != doc_id:
                 return self._mark_if_unreferenced(db, [old["doc_id"]])
@@ -266,16 +270,16 @@ class Catalog:
     def _upsert_source(
         self, db: sqlite3.Connection, uri: str, source_type: str, doc_id: int | None,
         content_hash: str | None, size: int | None, mtime_ns: int | None, status: str, error: str | None,
-        parent_uri: str | None = None, warning: str | None = None,
+        parent_uri: str | None = None, warning: str | None = None, tag: str | None = None,
     ) -> None:
         now = time.time()
         row = db.execute("SELECT id, content_hash FROM sources WHERE uri=?", (uri,)).fetchone()
         if row is None:
             cur = db.execute(
                 "INSERT INTO sources(uri, source_type, doc_id, content_hash, size, mtime_ns, status, error,"
-                " first_seen, updated_at, parent_uri, warning) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                " first_seen, updated_at, parent_uri, warning, tag) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (uri, source_type, doc_id, content_hash, size, mtime_ns, status, error, now, now, parent_uri,
-                 warning),
+                 warning, tag),
             )
             source_id = cur.lastrowid
             changed = content_hash is not None
@@ -284,9 +288,9 @@ class Catalog:
             changed = content_hash is not None and content_hash != row["content_hash"]
             db.execute(
                 "UPDATE sources SET source_type=?, doc_id=?, content_hash=?, size=?, mtime_ns=?, status=?,"
-                " error=?, updated_at=?, parent_uri=coalesce(?, parent_uri), warning=? WHERE id=?",
+                " error=?, updated_at=?, parent_uri=coalesce(?, parent_uri), warning=?, tag=? WHERE id=?",
                 (source_type, doc_id, content_hash, size, mtime_ns, status, error, now, parent_uri, warning,
-                 source_id),
+                 tag, source_id),
             )
         if changed:
             db.execute(
@@ -423,7 +427,7 @@ class Catalog:
                 self._upsert_source(
                     db, ln.uri, ln.source_type, doc_id, content_hash, ln.size, ln.mtime_ns,
                     SRC_EMPTY if empty else SRC_INDEXED, "no text found in the file" if empty else None,
-                    ln.parent_uri, ln.warning,
+                    ln.parent_uri, ln.warning, ln.tag,
                 )
             return self._mark_if_unreferenced(db, old)
 
@@ -612,6 +616,7 @@ def _source(r: sqlite3.Row) -> SourceRecord:
         id=r["id"], uri=r["uri"], source_type=r["source_type"], doc_id=r["doc_id"],
         content_hash=r["content_hash"], size=r["size"], mtime_ns=r["mtime_ns"], status=r["status"],
         error=r["error"], updated_at=r["updated_at"], warning=r["warning"], parent_uri=r["parent_uri"],
+        tag=r["tag"],
     )
 
 

@@ -53,3 +53,19 @@ def _escape_control(m: re.Match[str]) -> str:
 def safe_text(text: str) -> str:
     """Any text (an error message quoting a name) with lone surrogates replaced, so it can be stored."""
     return _SURROGATE.sub("\ufffd", text)
+
+
+def mail_uri(account: str, folder: str, uidvalidity: int, uid: int) -> str:
+    """A message's identity in the catalog, after RFC 5092 IMAP URLs: one per (folder, UIDVALIDITY, UID)."""
+    from urllib.parse import quote
+
+    return f"imap://{quote(account, safe='')}/{quote(folder, safe='/')};UIDVALIDITY={uidvalidity}/;UID={uid}"
+
+
+def attachment_uri(parent_uri: str, index: int, filename: str | None) -> str:
+    """An attachment's identity: its container (a message, a dropped .eml/.msg file) plus its position.
+
+    The file name is only there to be readable; `index` makes it unique within its container.
+    """
+    name = (filename or "").replace("/", "_").replace("\\", "_")[:120]
+    return f"{parent_uri}#{index}/{name}" if name else f"{parent_uri}#{index}"
