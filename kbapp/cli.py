@@ -336,6 +336,29 @@ def _clock(seconds: float) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "never"
+
+
+def _print_watch(stats: dict[str, Any]) -> None:
+    """Each watched folder's and mail account's health (from the service), or the mail sync state on record."""
+    watch = stats.get("watch")
+    if watch:
+        click.echo("watching:")
+        for h in watch:
+            tag = f" [{h['tag']}]" if h.get("tag") else ""
+            mode = f" ({h['mode']})" if h.get("mode") else ""
+            click.echo(f"  {h['kind']:<6} {_display(h['name'])}{tag}{mode}: {h['state']}")
+            click.echo(f"         last event {_when(h.get('last_event'))}, last sync {_when(h.get('last_sync'))}")
+            if h.get("last_error"):
+                click.echo(f"         error since {_when(h.get('last_error_at'))}: {h['last_error']}")
+    elif stats.get("service") == "not running":
+        click.echo("watching:  nothing (the service is not running: start it with `kb watch`)")
+    for m in stats.get("mail_folders", []) if not watch else []:
+        err = f"; last error: {m['last_error']}" if m.get("last_error") else ""
+        click.echo(f"  mail {m['account']}/{m['folder']}: last sync {_when(m.get('last_sync'))}{err}")
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
@@ -369,6 +392,7 @@ def _print_status(stats: dict[str, Any]) -> None:
         click.echo(f"  in progress: {p['stage'] or p['action']} {p['path']}{done}")
     if stats.get("held"):
         click.echo(f"  {stats['held']} removals held for confirmation: `kb held`")
+    _print_watch(stats)
     if stats["failures"]:
         click.echo("recent failures:")
         for f in stats["failures"]:
