@@ -21,7 +21,7 @@ from ingest.store import Interrupted, Store
 from kb.blobs import BlobStore
 from kb.catalog import DOC_EMPTY, DOC_INDEXED, SRC_EMPTY, SRC_INDEXED, Catalog, DocumentRecord, Link
 from kb.errors import IndexMismatchError
-from kb.jobs import Defer, Done, Fail, Handoff, Job, JobQueue, JobResult
+from kb.jobs import LANE_FAST, Defer, Done, Fail, Handoff, Job, JobQueue, JobResult
 from kb.paths import attachment_uri, display, from_uri
 
 log = logging.getLogger(__name__)
@@ -189,12 +189,12 @@ class IngestHandler:
             if mtime_ns is not None:
                 self.catalog.touch_source(uri, size=size, mtime_ns=mtime_ns)
             if src.doc_id is not None:  # a crash may have come between storing a message and queuing its files
-                self._sync_children(got, self.catalog.document(src.doc_id), missing_only=True)
+                self._sync_children(job, got, self.catalog.document(src.doc_id), missing_only=True)
             return Done("unchanged")
         doc = self.catalog.document_by_hash(h)
         if doc is not None and doc.status in (DOC_INDEXED, DOC_EMPTY) and not force:
             self.store.link(doc, [link])  # the same content is already in the library: no parse, no embedding
-            self._sync_children(got, doc)
+            self._sync_children(job, got, doc)
             return Done(self._outcome(existed, doc.status == DOC_EMPTY))
         holder = self.catalog.claim_content(h, job.id)
         if holder is not None:
@@ -203,12 +203,12 @@ class IngestHandler:
         if doc is not None and doc.status in (DOC_INDEXED, DOC_EMPTY) and not force:
             self.catalog.release_claims(job.id)
             self.store.link(doc, [link])
-            self._sync_children(got, doc)
+            self._sync_children(job, got, doc)
             return Done(self._outcome(existed, doc.status == DOC_EMPTY))
         resumable = self.catalog.resumable_document(h, job.id)
         if resumable is not None:  # this job was killed while writing it: finish, embedding only what is missing
             self.store.finish(resumable.id, h, [link], progress=ctx.progress)
-            self._sync_children(got, self.catalog.document(resumable.id))
+            self._sync_children(job, got, self.catalog.document(resumable.id))
             return Done(self._outcome(existed, not resumable.chunk_count))
         if doc is not None and doc.status not in (DOC_INDEXED, DOC_EMPTY):
             self.store.purge([doc.id])  # left half-written by a job that is gone
@@ -240,13 +240,13 @@ class IngestHandler:
                 )
             except Interrupted:
                 return Defer(0.0, "interrupted by a stop; resumes where it stopped")
-            self._queue_children(got, parsed.attachments)
+            self._queue_children(job, got, parsed.attachments)
             return Done(self._outcome(existed, not parsed.chunks))
 
         return Handoff(store)
 
     # -- attachments ----------------------------------------------------------------------------------
-    def _sync_children(self, got: _Input, doc: DocumentRecord | None, *, missing_only: bool = False) -> None:
+    def _sync_children(self, job: Job, got: _Input, doc: DocumentRecord | None, *, missing_only: bool = False) -> None:
         """Queue the attachments recorded on a container's document (content seen before, or a resumed job)."""
         raw = (doc.meta.get("attachments") if doc is not None else None) or []
         refs = []
@@ -257,45 +257,48 @@ class IngestHandler:
                 continue  # a listing from before attachments were saved: nothing to queue
         if not refs and missing_only:
             return
-        self._queue_children(got, refs, missing_only=missing_only)
+        self._queue_children(job, got, refs, missing_only=missing_only)
 
-    def _queue_children(self, got: _Input, refs: list[AttachmentRef], *, missing_only: bool = False) -> None:
-        """One ingest job per attachment, failures recorded for those not saved, and attachments this
-        container no longer has forgotten: in one transaction, so a crash leaves all or none of it."""
+    def _queue_children(
+        self, job: Job, got: _Input, refs: list[AttachmentRef], *, missing_only: bool = False
+    ) -> None:
+        """One ingest job per attachment (one that was not saved carries the reason, recorded when it runs),
+        and a forget job for each attachment the container no longer has (an edited .eml): in one
+        transaction, so a crash leaves all or none of it. They join the container's unfinished batches, so
+        `kb ingest` of a folder waits for the attachments too."""
         if self.jobs is None:
             return
         parent = got.source.uri
         known = self.catalog.children(parent)
         wanted: dict[str, AttachmentRef] = {attachment_uri(parent, r.index, r.filename): r for r in refs}
+        if missing_only:
+            wanted = {u: r for u, r in wanted.items() if u not in known and self.jobs.by_key(f"src:{u}") is None}
+            known = {}
         if not wanted and not known:
             return
-        if missing_only and all(u in known or self.jobs.by_key(f"src:{u}") is not None for u in wanted):
-            return
-        failures: list[tuple[str, AttachmentRef, str]] = []
         with self.jobs.transaction() as db:
+            batches = [r[0] for r in db.execute(
+                "SELECT batch_id FROM batch_jobs WHERE job_id=? AND settled=0", (job.id,)
+            )] or [None]
             for uri, ref in wanted.items():
-                if missing_only and (uri in known or self.jobs.by_key(f"src:{uri}") is not None):
-                    continue
+                payload: dict[str, Any] = {
+                    "source_type": ATTACHMENT, "blob": ref.blob, "name": ref.filename, "parent": parent,
+                    "tag": got.tag, "depth": got.depth + 1, "size": ref.size,
+                }
                 error = ref.error
                 if error is None and got.depth >= self.max_nesting:
                     error = f"not read: attachments of messages nested more than {self.max_nesting} deep"
                 if error is None and ref.blob is None:
                     error = "the attachment was not saved"
                 if error is not None:
-                    failures.append((uri, ref, error))
-                    continue
-                payload = {
-                    "source_type": ATTACHMENT, "blob": ref.blob, "name": ref.filename, "parent": parent,
-                    "tag": got.tag, "depth": got.depth + 1, "size": ref.size,
-                }
-                lane = lane_for(Path(ref.filename), ref.size, self.slow_lane_bytes)
-                self.jobs.enqueue(db, "ingest", uri, payload=payload, lane=lane)
+                    payload.update(blob=None, error=error)
+                lane = lane_for(Path(ref.filename), ref.size, self.slow_lane_bytes) if error is None else LANE_FAST
+                for batch in batches:
+                    self.jobs.enqueue(db, "ingest", uri, payload=payload, lane=lane, batch=batch)
             for uri in known:
-                if uri not in wanted:  # the container changed (an edited .eml): its old attachment goes
-                    self.jobs.enqueue(db, "forget", uri)
-        for uri, ref, error in failures:
-            self.catalog.record_failure(uri, ATTACHMENT, error, size=ref.size, mtime_ns=None, parent_uri=parent,
-                                        tag=got.tag)
+                if uri not in wanted:
+                    for batch in batches:
+                        self.jobs.enqueue(db, "forget", uri, batch=batch)
 
     @staticmethod
     def _outcome(existed: bool, empty: bool) -> str:

@@ -162,7 +162,7 @@ class EmailParser:
         saver = PartSaver(self.parts, self.max_attachment_bytes)
         reader = _Reader(self.max_text_chars, saver)
         reader.walk(msg)
-        if not reader.body_chars and reader.encrypted and not saver.refs:
+        if not reader.body_chars and reader.encrypted and all(r.error == ENCRYPTED_PART for r in saver.refs):
             raise EncryptedFile(ENCRYPTED_MESSAGE)  # e.g. an encrypted body wrapped in multipart/mixed
         meta: dict[str, Any] = {"parts": reader.parts}
         for key, name in (("from", "From"), ("to", "To"), ("cc", "Cc"), ("date", "Date"),
