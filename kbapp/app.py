@@ -349,6 +349,8 @@ class App:
             d = h.to_dict()
             d["path"] = display(d["path"] or "")
             d["paths"] = [display(p) for p in d["paths"]]
+            if d.get("message"):
+                d["message"]["uri"] = display(d["message"]["uri"] or "")
             out.append(d)
         return out
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import email.message
 import struct
-from email.mime.multipart import MIMEMultipart
-from email.mime.text import MIMEText
 from pathlib import Path
 from typing import Any
 
@@ -152,7 +150,7 @@ def test_oversized_message_is_a_lasting_failure_on_its_source(make_app: AppFacto
 REPLY = """I think the gazebo paint should be sage green, two coats.
 
 Dave
--- 
+--\x20
 Dave Dent | Allotment treasurer
 Gazebo paint and sage green enthusiast
 
@@ -168,16 +166,19 @@ def test_split_roles_finds_quotes_and_signatures() -> None:
     assert "two coats" in runs[0][1] and "treasurer" in runs[1][1]
     assert runs[2][1].splitlines()[-1] == "Please answer by Friday."  # '>' markers dropped
     outlook = "Yes, agreed.\n\n-----Original Message-----\nFrom: Carol\nSent: Tuesday\n\nOld words here.\n"
-    assert split_roles(outlook) == [(None, "Yes, agreed.\n"),
-                                    (QUOTE, "-----Original Message-----\nFrom: Carol\nSent: Tuesday\n\nOld words here.")]
+    assert split_roles(outlook) == [
+        (None, "Yes, agreed.\n"), (QUOTE, "-----Original Message-----\nFrom: Carol\nSent: Tuesday\n\nOld words here."),
+    ]
     inline = "> question one?\nanswer one\n> question two?\nanswer two"
     assert [r for r, _ in split_roles(inline)] == [QUOTE, None, QUOTE, None]
 
 
 def test_chunks_never_mix_roles() -> None:
     chunker = Chunker(lambda texts: [len(t.split()) for t in texts], max_tokens=200, target_tokens=100)
-    _, chunks = chunker.chunk([Element("own words"), Element("quoted words", role=QUOTE), Element("more quote", role=QUOTE),
-                               Element("sig", role=SIGNATURE)])
+    _, chunks = chunker.chunk([
+        Element("own words"), Element("quoted words", role=QUOTE), Element("more quote", role=QUOTE),
+        Element("sig", role=SIGNATURE),
+    ])
     assert [(c.text, c.role) for c in chunks] == [
         ("own words", None), ("quoted words\n\nmore quote", QUOTE), ("sig", SIGNATURE),
     ]
@@ -324,7 +325,8 @@ def test_broken_winmail_dat_is_a_clear_record(make_app: AppFactory) -> None:
     [
         ("backup.zip", "application", "zip", b"PK\x03\x04" + b"\x00" * 40, "archive attachments are not unpacked"),
         ("secret.pgp", "application", "octet-stream", b"\x85\x01\x0c\x03" * 20, "encrypted attachment"),
-        ("tool.exe", "application", "octet-stream", b"MZ\x90\x00" + bytes(range(256)) * 4, "unsupported file type .exe"),
+        ("tool.exe", "application", "octet-stream", b"MZ\x90\x00" + bytes(range(256)) * 4,
+         "unsupported file type .exe"),
     ],
 )
 def test_unreadable_attachments_are_recorded_on_their_own_source(
@@ -342,13 +344,13 @@ def test_unreadable_attachments_are_recorded_on_their_own_source(
 
 def test_encrypted_part_beside_a_readable_body(make_app: AppFactory) -> None:
     app = make_app()
-    raw = ("From: a@example.org\nTo: b@example.org\nSubject: half secret\nMIME-Version: 1.0\n"
-           'Content-Type: multipart/mixed; boundary="out"\n\n'
-           "--out\nContent-Type: text/plain\n\nThe readable part mentions the harbour master.\n"
-           '--out\nContent-Type: multipart/encrypted; protocol="application/pgp-encrypted"; boundary="in"\n\n'
-           "--in\nContent-Type: application/pgp-encrypted\n\nVersion: 1\n\n"
-           "--in\nContent-Type: application/octet-stream\n\n-----BEGIN PGP MESSAGE-----\nhIwDY32h\n"
-           "-----END PGP MESSAGE-----\n--in--\n--out--\n").encode()
+    raw = (b"From: a@example.org\nTo: b@example.org\nSubject: half secret\nMIME-Version: 1.0\n"
+           b'Content-Type: multipart/mixed; boundary="out"\n\n'
+           b"--out\nContent-Type: text/plain\n\nThe readable part mentions the harbour master.\n"
+           b'--out\nContent-Type: multipart/encrypted; protocol="application/pgp-encrypted"; boundary="in"\n\n'
+           b"--in\nContent-Type: application/pgp-encrypted\n\nVersion: 1\n\n"
+           b"--in\nContent-Type: application/octet-stream\n\n-----BEGIN PGP MESSAGE-----\nhIwDY32h\n"
+           b"-----END PGP MESSAGE-----\n--in--\n--out--\n")
     uri = deliver(app, raw)
     assert "harbour master" in text_of(app, uri)
     (child,) = children(app, uri).values()
@@ -422,3 +424,32 @@ def test_image_attachment_is_read_by_ocr(make_app: AppFactory, tmp_path: Path) -
     (child,) = children(app, uri)
     assert "thermostat" in text_of(app, child).lower()
     assert app.search("greenhouse thermostat", k=1)[0]["message"]["uri"] == uri
+
+
+def test_html_reply_quote_without_markers_is_a_quote() -> None:
+    from ingest.parsers.mail import body_elements
+
+    html = ("<div>Yes, Thursday works for the chimney sweep.</div><br>"
+            "<div class=gmail_quote>On Mon, 13 May 2024 at 09:00, Carol &lt;carol@example.org&gt; wrote:<br>"
+            "<blockquote>Does Thursday work for the chimney sweep?</blockquote></div>")
+    elements = body_elements(html, html=True)
+    assert (elements[0].role, elements[0].text) == (None, "Yes, Thursday works for the chimney sweep.")
+    assert all(e.role == QUOTE for e in elements[1:]) and "Does Thursday work" in elements[-1].text
+
+
+def test_outlook_attachments_are_saved_or_recorded(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from ingest.parsers.attachments import PartSaver, add_outlook_attachments
+
+    saver = PartSaver(BlobStore(tmp_path / "parts"), max_bytes=1000)
+    add_outlook_attachments(saver, [
+        SimpleNamespace(file_name="plan.txt", mime_type="", file_bytes=b"the plan"),
+        SimpleNamespace(file_name="Meeting", mime_type=None, file_bytes=None),
+        SimpleNamespace(file_name="huge.pdf", mime_type="application/pdf", file_bytes=b"x" * 2000),
+    ])
+    plan, embedded, huge = saver.refs
+    assert plan.blob is not None and BlobStore(tmp_path / "parts").read(plan.blob) == b"the plan"
+    assert plan.content_type == "text/plain" and plan.error is None
+    assert embedded.blob is None and "embedded Outlook item" in (embedded.error or "")
+    assert huge.blob is None and "mail_max_attachment_mb" in (huge.error or "")

@@ -120,7 +120,7 @@ def tnef_contents(data: bytes) -> tuple[str | None, bool, list[tuple[str, bytes]
 
     try:
         tnef = TNEF(data, do_checksum=False)
-        files = [(a.long_filename() or a.name or "", bytes(a.data or b"")) for a in tnef.attachments]
+        files = [(_text(a.long_filename() or a.name), bytes(a.data or b"")) for a in tnef.attachments]
     except Exception as exc:  # a damaged blob fails deep inside the decoder, with any exception
         raise CorruptFile(f"winmail.dat (Outlook TNEF) could not be read: {type(exc).__name__}: {exc}") from None
     body: Any = tnef.body
@@ -130,7 +130,14 @@ def tnef_contents(data: bytes) -> tuple[str | None, bool, list[tuple[str, bytes]
     if isinstance(body, bytes):
         body = body.decode("utf-8", errors="replace") if _utf8(body) else body.decode("cp1252", errors="replace")
     text = str(body).strip("\x00") if body else None
-    return text or None, html, [(str(n), d) for n, d in files]
+    return text or None, html, files
+
+
+def _text(value: Any) -> str:
+    """A TNEF property as text: names come as str or as bytes in the message's code page."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace") if _utf8(value) else value.decode("cp1252", errors="replace")
+    return str(value or "")
 
 
 def _utf8(data: bytes) -> bool:
@@ -175,14 +182,22 @@ class MsgParser:
         except Exception as exc:  # the text was read; a broken attachment table costs only the attachments
             saver.warnings.append(f"the message's attachments could not be listed: {type(exc).__name__}: {exc}")
             return
-        for att in attachments:
-            try:
-                name, ctype, data = att.file_name, (att.mime_type or "").lower(), att.file_bytes
-            except Exception as exc:
-                saver.add(None, "application/octet-stream", b"", error=f"unreadable attachment: {exc}")
-                continue
-            if data is None:  # an embedded Outlook item or a link to a file, not bytes of its own
-                saver.add(name, ctype or "application/octet-stream", b"",
-                          error="an embedded Outlook item or linked file: not read")
-                continue
-            saver.add(name, ctype or mimetypes.guess_type(name or "")[0] or "application/octet-stream", data)
+        add_outlook_attachments(saver, attachments)
+
+
+def add_outlook_attachments(saver: PartSaver, attachments: list[Any]) -> None:
+    """oxmsg attachments (file_name, mime_type, file_bytes) to the saver; an unreadable one is a record."""
+    for att in attachments:
+        try:
+            name, ctype, data = att.file_name, (att.mime_type or "").lower(), att.file_bytes
+        except Exception as exc:
+            saver.add(None, "application/octet-stream", b"", error=f"unreadable attachment: {exc}")
+            continue
+        ctype = ctype or mimetypes.guess_type(name or "")[0] or "application/octet-stream"
+        if data is None:  # an embedded Outlook item or a link to a file, not bytes of its own
+            saver.add(name, ctype, b"", error="an embedded Outlook item or a linked file: not read")
+            continue
+        if is_tnef(ctype, name):
+            saver.add(name, ctype, b"", error="winmail.dat inside an Outlook message: not read")
+            continue
+        saver.add(name, ctype, data)
