@@ -395,7 +395,8 @@ def test_bogus_charset_and_broken_mime_are_read_with_a_warning(make_app: AppFact
     assert cut.status == "failed"  # a PDF cut short: its own clear failure, the message is fine
     garbage = bytes(range(256)) * 8
     uri3 = deliver(app, garbage, uid=3)
-    assert app.catalog.source(uri3) is not None  # recorded one way or the other, never a crash
+    src3 = app.catalog.source(uri3)
+    assert src3 is not None and src3.status == "failed" and "not an e-mail message" in (src3.error or "")
     consistent(app)
 
 
@@ -453,3 +454,14 @@ def test_outlook_attachments_are_saved_or_recorded(tmp_path: Path) -> None:
     assert plan.content_type == "text/plain" and plan.error is None
     assert embedded.blob is None and "embedded Outlook item" in (embedded.error or "")
     assert huge.blob is None and "mail_max_attachment_mb" in (huge.error or "")
+
+
+@pytest.mark.slow
+def test_attachments_saved_by_a_parser_process(make_app: AppFactory, tmp_path: Path) -> None:
+    """With real parser child processes: the child saves the parts, the service queues and reads them."""
+    app = make_app(workers=1, slow_workers=1)
+    uri = deliver(app, bytes(with_documents(tmp_path)))
+    kids = children(app, uri)
+    assert len(kids) == 2 and all(s.status == "indexed" for s in kids.values()), kids
+    assert app.search("purple kohlrabi", k=1)[0]["message"]["uri"] == uri
+    consistent(app)

@@ -111,7 +111,8 @@ class PartSaver:
                 f"only the first {MAX_ATTACHMENTS} attachments were read ({self.dropped} more were left out)"
             )
         if self.warnings:
-            doc.meta.setdefault("warnings", []).extend(self.warnings)
+            warnings = doc.meta.setdefault("warnings", [])
+            warnings.extend(w for w in self.warnings if w not in warnings)
 
 
 def tnef_contents(data: bytes) -> tuple[str | None, bool, list[tuple[str, bytes]]]:

@@ -23,6 +23,7 @@ from ingest.parsers.attachments import ENCRYPTED_PART, PartSaver, is_tnef, tnef_
 from ingest.parsers.base import QUOTE, SIGNATURE, TEXT, TITLE, Element, ParsedDocument, ProgressFn, Source
 from ingest.parsers.htmltext import html_text
 from ingest.parsers.text import paragraphs_to_elements
+from ingest.parsers.textutil import looks_binary
 from kb.blobs import BlobStore
 
 MAX_TEXT_CHARS = 50_000_000
@@ -159,6 +160,11 @@ class EmailParser:
             raise CorruptFile("the message's MIME parts are nested too deeply to read") from None
         if content_type_encrypted(_Part.of(msg).declared):
             raise EncryptedFile(ENCRYPTED_MESSAGE)
+        if not any(k.lower() in _KNOWN_HEADERS for k in msg):
+            with source.open() as f:
+                head = f.read(8192)
+            if looks_binary(head):  # no header a message has, and binary bytes: something else named .eml
+                raise CorruptFile("not an e-mail message: no message headers, and binary content")
         saver = PartSaver(self.parts, self.max_attachment_bytes)
         reader = _Reader(self.max_text_chars, saver)
         reader.walk(msg)
@@ -176,8 +182,6 @@ class EmailParser:
         defects = _defects(msg)
         if defects:
             reader.warnings.append(f"malformed MIME, read as well as possible ({defects})")
-        if reader.warnings:
-            meta["warnings"] = reader.warnings
         doc = ParsedDocument(
             elements=reader.elements,
             kind="mail",
@@ -186,11 +190,13 @@ class EmailParser:
             created_at=_iso_date(_header(msg, "Date")),
             meta=meta,
         )
-        saver.finish(doc)
+        saver.finish(doc)  # the attachments, and the warnings of the whole walk
         return doc
 
 
 _MSG_ID = re.compile(r"<[^<>\s]+>")
+_KNOWN_HEADERS = frozenset({"from", "to", "cc", "subject", "date", "message-id", "received", "mime-version",
+                            "content-type", "return-path", "sender", "reply-to"})
 # An inline image this small with a Content-ID is a logo or a spacer the HTML body shows, not a document.
 _INLINE_IMAGE_BYTES = 16 * 1024
 
@@ -208,8 +214,7 @@ def _defects(msg: Message) -> str:
         payload = part.get_payload()
         if isinstance(payload, list):
             stack.extend(c for c in payload if isinstance(c, Message))
-    ignore = {"MissingHeaderBodySeparatorDefect"} if len(kinds) > 1 else set()
-    return ", ".join(f"{k} x{n}" if n > 1 else k for k, n in sorted(kinds.items()) if k not in ignore)
+    return ", ".join(f"{k} x{n}" if n > 1 else k for k, n in sorted(kinds.items()))
 
 
 class _Reader:
