@@ -101,16 +101,29 @@ class IngestHandler:
 
     def __call__(self, job: Job, ctx: JobContext) -> JobResult:
         assert job.uri is not None
-        source_type = job.payload.get("source_type") or FILE
+        source_type = job.payload.get("source_type")
+        payload = job.payload
+        if source_type is None:
+            # e.g. `kb reindex --reparse` asks again by uri alone: a message or attachment it has seen is
+            # read from its saved bytes again (their blob name is their content hash), never as a path
+            src = self.catalog.source(job.uri)
+            if src is not None and src.source_type in (MAIL, ATTACHMENT) and src.content_hash:
+                source_type = src.source_type
+                payload = {
+                    "source_type": source_type, "blob": src.content_hash, "tag": src.tag, "parent": src.parent_uri,
+                    "name": job.uri.rpartition("#")[2].partition("/")[2] or None, "depth": self._depth(src.uri),
+                    **job.payload,
+                }
+        source_type = source_type or FILE
         if source_type == FILE:
             got = self._file_input(job)
         elif source_type in (MAIL, ATTACHMENT):
-            got = self._blob_input(job, source_type)
+            got = self._blob_input(job, source_type, payload)
         else:
             return Fail(f"unknown source type {source_type!r}", transient=False)
         if not isinstance(got, _Input):
             return got
-        return self._ingest(job, ctx, got)
+        return self._ingest(job, ctx, got, bool(payload.get("force")))
 
     def _file_input(self, job: Job) -> _Input | JobResult:
         assert job.uri is not None
@@ -139,10 +152,18 @@ class IngestHandler:
             return self._fail(uri, FILE, size, mtime_ns, "the file is empty (0 bytes)", transient=False, tag=tag)
         return _Input(Source(uri=uri, name=path.name, path=path), FILE, size, mtime_ns, tag, 0)
 
-    def _blob_input(self, job: Job, source_type: str) -> _Input | JobResult:
+    def _depth(self, uri: str) -> int:
+        """How many containers a source is inside (0 for a file or a message)."""
+        depth = 0
+        src = self.catalog.source(uri)
+        while src is not None and src.parent_uri is not None and depth <= self.max_nesting:
+            depth += 1
+            src = self.catalog.source(src.parent_uri)
+        return depth
+
+    def _blob_input(self, job: Job, source_type: str, p: dict[str, Any]) -> _Input | JobResult:
         """A message (the mail watcher saved its raw bytes) or an attachment (a parser saved them)."""
         assert job.uri is not None
-        p = job.payload
         uri, tag = job.uri, p.get("tag")
         parent = p.get("parent") if source_type == ATTACHMENT else None
         size = p.get("size")
@@ -170,10 +191,9 @@ class IngestHandler:
         source = Source(uri=uri, name=name, path=path, parent_uri=parent)
         return _Input(source, source_type, size, None, tag, int(p.get("depth") or 0))
 
-    def _ingest(self, job: Job, ctx: JobContext, got: _Input) -> JobResult:
+    def _ingest(self, job: Job, ctx: JobContext, got: _Input, force: bool) -> JobResult:
         uri, source = got.source.uri, got.source
         size, mtime_ns = got.size, got.mtime_ns
-        force = bool(job.payload.get("force"))
         src = self.catalog.source(uri)
         if not self._registry().supports(source):
             ext = source.file_type or "(none)"

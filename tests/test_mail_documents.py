@@ -465,3 +465,15 @@ def test_attachments_saved_by_a_parser_process(make_app: AppFactory, tmp_path: P
     assert len(kids) == 2 and all(s.status == "indexed" for s in kids.values()), kids
     assert app.search("purple kohlrabi", k=1)[0]["message"]["uri"] == uri
     consistent(app)
+
+
+def test_reparse_reads_messages_and_attachments_from_their_saved_bytes(make_app: AppFactory, tmp_path: Path) -> None:
+    app = make_app()
+    uri = deliver(app, bytes(with_documents(tmp_path)))
+    app.catalog.execute("UPDATE documents SET pipeline_version = 'old/0'")  # every document is outdated
+    state = app.reindex(reparse=True)
+    assert state["outcomes"].get("failed", 0) == 0 and state["outcomes"].get("removed", 0) == 0, state
+    assert {s.status for s in app.catalog.all_sources()} == {"indexed"} and len(children(app, uri)) == 2
+    assert app.outdated_sources() == []
+    assert app.search("purple kohlrabi", k=1)[0]["message"]["uri"] == uri
+    consistent(app)
