@@ -56,6 +56,8 @@ MAIL = "mail"
 ATTACHMENT = "attachment"
 # Messages inside messages are unpacked this deep; the attachments of one nested deeper are recorded, unread.
 MAX_NESTING = 3
+# File types whose documents may list attachments (checked again when unchanged, in case of a crash).
+CONTAINER_TYPES = frozenset({"eml", "msg"})
 
 
 @dataclass
@@ -208,7 +210,8 @@ class IngestHandler:
         if not force and src is not None and src.content_hash == h and src.status in (SRC_INDEXED, SRC_EMPTY):
             if mtime_ns is not None:
                 self.catalog.touch_source(uri, size=size, mtime_ns=mtime_ns)
-            if src.doc_id is not None:  # a crash may have come between storing a message and queuing its files
+            if src.doc_id is not None and (got.source_type != FILE or source.file_type in CONTAINER_TYPES):
+                # a crash may have come between storing a container and queuing its attachments
                 self._sync_children(job, got, self.catalog.document(src.doc_id), missing_only=True)
             return Done("unchanged")
         doc = self.catalog.document_by_hash(h)

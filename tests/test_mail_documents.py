@@ -477,3 +477,18 @@ def test_reparse_reads_messages_and_attachments_from_their_saved_bytes(make_app:
     assert app.outdated_sources() == []
     assert app.search("purple kohlrabi", k=1)[0]["message"]["uri"] == uri
     consistent(app)
+
+
+def test_attachments_lost_in_a_crash_are_queued_when_the_message_runs_again(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    app = make_app()
+    raw = bytes(with_documents(tmp_path))
+    uri = deliver(app, raw)
+    # as if the service died after storing the message and before queuing its attachments
+    app.store.forget(list(children(app, uri)))
+    app.catalog.execute("DELETE FROM jobs WHERE uri != ?", (uri,))
+    assert children(app, uri) == {}
+    deliver(app, raw)  # the watcher (or a retry) asks again: the message is unchanged, its files come back
+    assert len(children(app, uri)) == 2 and app.search("purple kohlrabi", k=1)[0]["message"]["uri"] == uri
+    consistent(app)
