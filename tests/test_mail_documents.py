@@ -492,3 +492,19 @@ def test_attachments_lost_in_a_crash_are_queued_when_the_message_runs_again(
     deliver(app, raw)  # the watcher (or a retry) asks again: the message is unchanged, its files come back
     assert len(children(app, uri)) == 2 and app.search("purple kohlrabi", k=1)[0]["message"]["uri"] == uri
     consistent(app)
+
+
+@pytest.mark.slow
+def test_voice_message_attachment_is_transcribed_in_the_slow_lane(make_app: AppFactory, tmp_path: Path) -> None:
+    from media_fixtures import speak
+
+    app = make_app()
+    wav = speak("The plumber will come on Friday to fix the boiler.", tmp_path / "voicemail.wav")
+    m = message("Voicemail", "A voice message was left for you.\n")
+    m.add_attachment(wav.read_bytes(), maintype="audio", subtype="wav", filename="voicemail.wav")
+    uri = deliver(app, bytes(m))
+    (child,) = children(app, uri)
+    job = app.jobs.by_key(f"src:{child}")
+    assert job is not None and job.lane == "slow"
+    assert doc_of(app, child).kind == "meeting" and "fix the boiler" in text_of(app, child).lower()
+    assert app.search("fix the boiler on Friday", k=1)[0]["message"]["uri"] == uri

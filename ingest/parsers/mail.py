@@ -178,7 +178,7 @@ class EmailParser:
                 meta[key] = value
         references = _MSG_ID.findall(_header(msg, "References") or "")
         if references:
-            meta["references"] = references
+            meta["references"] = references[-100:]  # the nearest ancestors; a header can be made endless
         defects = _defects(msg)
         if defects:
             reader.warnings.append(f"malformed MIME, read as well as possible ({defects})")
