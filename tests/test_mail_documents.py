@@ -508,3 +508,35 @@ def test_voice_message_attachment_is_transcribed_in_the_slow_lane(make_app: AppF
     assert job is not None and job.lane == "slow"
     assert doc_of(app, child).kind == "meeting" and "fix the boiler" in text_of(app, child).lower()
     assert app.search("fix the boiler on Friday", k=1)[0]["message"]["uri"] == uri
+
+
+def test_inline_logo_is_not_an_attachment(make_app: AppFactory) -> None:
+    app = make_app()
+    m = message(body=None)
+    m.set_content("<p>Our newsletter about hedgehogs.</p><img src='cid:logo1'>", subtype="html")
+    m.add_related(b"\x89PNG\r\n\x1a\n" + b"\x00" * 200, maintype="image", subtype="png", cid="<logo1>")
+    uri = deliver(app, bytes(m))
+    assert "hedgehogs" in text_of(app, uri) and children(app, uri) == {}
+
+
+def test_damaged_messages_never_crash_the_parser(tmp_path: Path) -> None:
+    """Bytes of a real multipart message cut and flipped at random: a document or a clear IngestError."""
+    import random
+
+    from ingest.errors import IngestError
+    from ingest.parsers.base import Source, no_progress
+    from ingest.parsers.mail import EmailParser
+
+    raw = bytes(with_documents(tmp_path))
+    parser = EmailParser(parts=BlobStore(tmp_path / "parts"), max_attachment_bytes=1 << 20)
+    rng = random.Random(7)
+    for _ in range(60):
+        data = bytearray(raw[: rng.randrange(len(raw))])
+        for _ in range(rng.randrange(1, 20)):
+            if data:
+                data[rng.randrange(len(data))] = rng.randrange(256)
+        try:
+            doc = parser.parse(Source(uri="x", name="m.eml", data=bytes(data)), "eml", no_progress)
+        except IngestError:
+            continue
+        assert doc.kind == "mail"

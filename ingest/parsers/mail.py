@@ -271,7 +271,7 @@ class _Reader:
                 self._tnef(data)
                 continue
             small_inline = info.ctype.startswith("image/") and not attached and len(data) < _INLINE_IMAGE_BYTES
-            if small_inline and part.get("Content-ID") is not None:
+            if small_inline and "Content-ID" in part:  # (a membership test: the value is never parsed)
                 continue  # a logo or spacer shown by the HTML body
             self.saver.add(filename, info.ctype, data)
 
