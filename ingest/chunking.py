@@ -37,6 +37,7 @@ class Chunk:
     t_end: float | None = None
     ocr: bool = False
     n_tokens: int = 0  # word pieces of embed_text(), what the model actually reads
+    role: str | None = None  # the elements' role (quote, signature); a chunk never mixes roles
 
     def embed_text(self) -> str:
         return embed_text(self.text, self.section)
@@ -93,6 +94,8 @@ class Chunker:
             cur, cur_tokens = [], 0
 
         for el, start, n in zip(elements, starts, counts, strict=True):
+            if cur and cur[-1].el.role != el.role:
+                flush()  # a reply's own words and the message it quotes are weighed apart in search
             if el.kind == TITLE:
                 if cur and not all(p.el.kind == TITLE for p in cur):
                     flush()
@@ -169,6 +172,7 @@ class Chunker:
             t_end=max(t1) if t1 else None,
             ocr=any(p.el.ocr for p in pieces),
             n_tokens=sum(p.tokens for p in pieces),
+            role=pieces[0].el.role,
         )
 
     def _split(self, el: Element, start: int, n: int, budget: int) -> list[_Piece]:
@@ -231,9 +235,10 @@ class Chunker:
         if n <= self.max or len(c.text) < 2 or shrink > 64:
             return [c]
         budget = max(1, self._budget(heading.cost(c.section, "")) // shrink)
-        el = Element(c.text, page=c.page, t_start=c.t_start, t_end=c.t_end, ocr=c.ocr)
+        el = Element(c.text, page=c.page, t_start=c.t_start, t_end=c.t_end, ocr=c.ocr, role=c.role)
         subs = [
-            Chunk(p.text, c.section, p.start, p.start + len(p.text), c.page, c.page_end, c.t_start, c.t_end, c.ocr)
+            Chunk(p.text, c.section, p.start, p.start + len(p.text), c.page, c.page_end, c.t_start, c.t_end, c.ocr,
+                  role=c.role)
             for p in self._split(el, c.char_start, n, budget)
         ]
         counts = self.count([s.embed_text() for s in subs])

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 from ingest.chunking import CHUNKER_VERSION, Chunk, Chunker, TokenCounter
 from ingest.errors import IngestError, ParserCrashed
-from ingest.parsers.base import ParserRegistry, ProgressFn, Source, no_progress
+from ingest.parsers.base import AttachmentRef, ParserRegistry, ProgressFn, Source, no_progress
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,8 @@ class ParseConfig:
     models_dir: str | None = None  # where reassembled model files are kept (under the data dir)
     max_pages: int = 2000  # pages (PDF, TIFF) read from one document; the rest is refused with a reason
     max_chunks: int = 20000  # passages kept from one document; the rest is dropped with a recorded warning
+    parts_dir: str | None = None  # blob store for attachments a parser saves (None: they are only listed)
+    max_attachment_bytes: int = 25 * 2**20  # larger attachments are listed with a reason, not saved
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -67,6 +69,7 @@ class Parsed:
     chunks: list[Chunk]
     parser_version: str  # e.g. "pdf/2+chunker/2": documents made by older versions can be found and redone
     warnings: list[str] = field(default_factory=list)  # shown with the document: what was left out and why
+    attachments: list[AttachmentRef] = field(default_factory=list)  # files inside, each to be ingested
 
 
 @dataclass
@@ -130,10 +133,13 @@ def parse_source(
             "setting max_chunks)"
         )
         chunks = chunks[: config.max_chunks]
+    if doc.attachments:
+        doc.meta["attachments"] = [a.to_dict() for a in doc.attachments]
     return Parsed(
         kind=doc.kind, file_type=file_type, title=doc.title, author=doc.author, created_at=doc.created_at,
         modified_at=doc.modified_at, meta=doc.meta, text=text, chunks=chunks,
         parser_version=f"{registry.version_of(parser)}+chunker/{CHUNKER_VERSION}", warnings=warnings,
+        attachments=list(doc.attachments),
     )
 
 

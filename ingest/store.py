@@ -57,6 +57,8 @@ def chunk_metadata(doc: DocumentRecord, chunk: ChunkRecord, source_type: str = "
         md["page"] = chunk.page
     if chunk.t_start is not None:
         md["t_start"] = chunk.t_start
+    if chunk.role is not None:
+        md["role"] = chunk.role
     return md
 
 
@@ -96,7 +98,7 @@ class Store:
             ChunkRecord(
                 id=chunk_id(content_hash, i), doc_id=0, seq=i, text=c.text, section=c.section, page=c.page,
                 page_end=c.page_end, char_start=c.char_start, char_end=c.char_end, t_start=c.t_start,
-                t_end=c.t_end, ocr=c.ocr, n_tokens=c.n_tokens,
+                t_end=c.t_end, ocr=c.ocr, n_tokens=c.n_tokens, role=c.role,
             )
             for i, c in enumerate(parsed.chunks)
         ]
@@ -199,12 +201,15 @@ class Store:
             self.catalog.delete_document(doc_id)
 
     def forget(self, uris: Sequence[str]) -> int:
-        """Drop sources; documents left without any source go with their vectors. Returns sources dropped."""
+        """Drop sources and everything inside them (a message's attachments, theirs, ...); documents left
+        without any source go with their vectors. Returns the sources asked for that were dropped."""
+        asked = len(uris)
+        uris = [*uris, *self.catalog.descendants(uris)]
         survivors = {s.doc_id for s in (self.catalog.source(u) for u in uris) if s is not None and s.doc_id}
         orphans = self.catalog.forget_sources(uris)
         self.purge(orphans)
         self.refresh_metadata([d for d in survivors if d not in orphans])
-        return len(uris)
+        return asked
 
     def refresh_metadata(self, doc_ids: Iterable[int]) -> None:
         """Copy catalog facts (first path, kind, dates) into Chroma metadata where they changed."""

@@ -50,6 +50,7 @@ class ChunkRecord:
     t_end: float | None = None
     ocr: bool = False
     n_tokens: int = 0
+    role: str | None = None  # quote, signature: text that is not the document's own words (weighed less)
 
 
 @dataclass
@@ -198,6 +199,53 @@ class Catalog:
         if source_type:
             return [_source(r) for r in self._query("SELECT * FROM sources WHERE source_type=?", (source_type,))]
         return [_source(r) for r in self._query("SELECT * FROM sources")]
+
+    def children(self, parent_uri: str) -> dict[str, SourceRecord]:
+        """The sources whose container is parent_uri (a message's or a dropped .eml's attachments)."""
+        return {r["uri"]: _source(r) for r in self._query("SELECT * FROM sources WHERE parent_uri=?", (parent_uri,))}
+
+    def descendants(self, uris: Iterable[str]) -> list[str]:
+        """Every source inside these (attachments, their attachments, ...), breadth first, each once."""
+        seen = set(uris)
+        out: list[str] = []
+        frontier = list(seen)
+        while frontier:
+            found: list[str] = []
+            for i in range(0, len(frontier), 500):
+                part = frontier[i : i + 500]
+                marks = ",".join("?" * len(part))
+                found += [r["uri"] for r in self._query(f"SELECT uri FROM sources WHERE parent_uri IN ({marks})", part)]
+            frontier = [u for u in dict.fromkeys(found) if u not in seen]
+            seen.update(frontier)
+            out += frontier
+        return out
+
+    def containers(self, doc_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+        """For documents reached through an attachment: the message (or .eml/.msg file) it came in.
+
+        Maps a document id to {"uri", "subject", "from", "date"} of the first such source's container.
+        """
+        ids = list(set(doc_ids))
+        out: dict[int, dict[str, Any]] = {}
+        for i in range(0, len(ids), 500):
+            part = ids[i : i + 500]
+            marks = ",".join("?" * len(part))
+            rows = self._query(
+                "SELECT s.doc_id AS doc_id, s.parent_uri AS parent, d.title AS title, d.author AS author,"
+                " d.created_at AS created_at, d.meta AS meta FROM sources s"
+                " LEFT JOIN sources p ON p.uri = s.parent_uri LEFT JOIN documents d ON d.id = p.doc_id"
+                f" WHERE s.doc_id IN ({marks}) AND s.parent_uri IS NOT NULL ORDER BY s.id",
+                part,
+            )
+            for r in rows:
+                if r["doc_id"] in out:
+                    continue
+                meta = json.loads(r["meta"]) if r["meta"] else {}
+                out[r["doc_id"]] = {
+                    "uri": r["parent"], "subject": r["title"], "from": meta.get("from") or r["author"],
+                    "date": meta.get("date") or r["created_at"],
+                }
+        return out
 
     def record_failure(
         self, uri: str, source_type: str, error: str, *, size: int | None, mtime_ns: int | None,
@@ -378,10 +426,10 @@ class Catalog:
         # safe_text: a lone surrogate from a badly decoded source must not fail the whole document
         db.executemany(
             "INSERT INTO chunks(id, doc_id, seq, text, section, page, page_end, char_start, char_end,"
-            " t_start, t_end, ocr, n_tokens) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " t_start, t_end, ocr, n_tokens, role) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             [
                 (c.id, doc_id, c.seq, safe_text(c.text), safe_text(c.section) if c.section else None, c.page,
-                 c.page_end, c.char_start, c.char_end, c.t_start, c.t_end, int(c.ocr), c.n_tokens)
+                 c.page_end, c.char_start, c.char_end, c.t_start, c.t_end, int(c.ocr), c.n_tokens, c.role)
                 for c in chunks
             ],
         )
@@ -633,5 +681,5 @@ def _chunk(r: sqlite3.Row) -> ChunkRecord:
     return ChunkRecord(
         id=r["id"], doc_id=r["doc_id"], seq=r["seq"], text=r["text"], section=r["section"], page=r["page"],
         page_end=r["page_end"], char_start=r["char_start"], char_end=r["char_end"], t_start=r["t_start"],
-        t_end=r["t_end"], ocr=bool(r["ocr"]), n_tokens=r["n_tokens"],
+        t_end=r["t_end"], ocr=bool(r["ocr"]), n_tokens=r["n_tokens"], role=r["role"],
     )

@@ -21,6 +21,7 @@ from ingest.recovery import RecoveryReport, RepairHandler, recover
 from ingest.reindex import ReindexHandler, drop_stale_collections
 from ingest.scan import Scanner
 from ingest.store import Store
+from kb.blobs import BlobStore
 from kb.catalog import Catalog
 from kb.embedding import Embedder, SentenceTransformerEmbedder
 from kb.errors import IndexMismatchError, KbError
@@ -119,6 +120,8 @@ class App:
             models_dir=str(s.models_dir),
             max_pages=s.max_pages,
             max_chunks=s.max_chunks,
+            parts_dir=str(s.blobs_dir / "parts"),
+            max_attachment_bytes=int(s.mail_max_attachment_mb * 2**20),
         )
 
     def _chunker(self) -> Any:
@@ -170,7 +173,10 @@ class App:
     def handlers(self) -> dict[str, Any]:
         return {
             "ingest": IngestHandler(
-                self.catalog, self.store, self.registry, max_file_bytes=self.settings.max_file_bytes
+                self.catalog, self.store, self.registry, max_file_bytes=self.settings.max_file_bytes,
+                jobs=self.jobs, mail_blobs=BlobStore(self.settings.blobs_dir / "mail", ".eml"),
+                parts=BlobStore(self.settings.blobs_dir / "parts"),
+                slow_lane_bytes=int(self.settings.slow_lane_mb * 2**20),
             ),
             "forget": ForgetHandler(self.catalog, self.store),
             "scan": ScanHandler(self.scanner, self.jobs),
@@ -343,6 +349,8 @@ class App:
             d = h.to_dict()
             d["path"] = display(d["path"] or "")
             d["paths"] = [display(p) for p in d["paths"]]
+            if d.get("message"):
+                d["message"]["uri"] = display(d["message"]["uri"] or "")
             out.append(d)
         return out
 

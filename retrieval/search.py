@@ -13,6 +13,9 @@ from kb.errors import IndexMismatchError
 from kb.index import VectorIndex
 
 RRF_K = 60
+# Chunks with a role (a reply's quoted message, a signature) count this much of their fused score: the
+# quoted text is in the library as its own message already, and a reply's own words should come first.
+ROLE_WEIGHT = 0.5
 
 
 @dataclass
@@ -24,6 +27,7 @@ class Hit:
     score: float  # fused reciprocal-rank score, comparable within one result list
     similarity: float | None  # cosine similarity from the dense side, when it found the chunk
     snippet: str
+    message: dict[str, Any] | None = None  # for an attachment: the message it came in (uri, subject, from, date)
 
     def to_dict(self) -> dict[str, Any]:
         c, d = self.chunk, self.document
@@ -34,7 +38,7 @@ class Hit:
             "char_end": c.char_end, "t_start": c.t_start, "t_end": c.t_end, "ocr": c.ocr,
             "score": round(self.score, 6),
             "similarity": None if self.similarity is None else round(self.similarity, 4),
-            "snippet": self.snippet, "text": c.text,
+            "snippet": self.snippet, "text": c.text, "role": c.role, "message": self.message,
         }
 
 
@@ -78,8 +82,11 @@ class Searcher:
             for rank, (cid, _score) in enumerate(ranked):
                 fused[cid] = fused.get(cid, 0.0) + 1.0 / (RRF_K + rank + 1)
         similarity = dict(dense)
+        chunks = self.catalog.chunks_by_id(list(fused))
+        for cid, rec in chunks.items():
+            if rec.role is not None:
+                fused[cid] *= ROLE_WEIGHT
         order = sorted(fused, key=lambda c: fused[c], reverse=True)
-        chunks = self.catalog.chunks_by_id(order[: depth])
         docs = self.catalog.documents({c.doc_id for c in chunks.values()})
         hits: list[Hit] = []
         for cid in order:
@@ -90,6 +97,9 @@ class Searcher:
             hits.append(Hit(chunk, doc, fused[cid], similarity.get(cid), snippet(chunk.text, query)))
             if len(hits) == k:
                 break
+        containers = self.catalog.containers(h.document.id for h in hits)
+        for h in hits:
+            h.message = containers.get(h.document.id)
         return hits
 
 

@@ -20,6 +20,11 @@ LIST_ITEM = "list"
 TABLE = "table"
 CODE = "code"
 
+# Element roles: text that is in a document but not its own words (a reply's quoted message, a mail
+# signature). Chunks never mix roles, and search weighs role chunks less.
+QUOTE = "quote"
+SIGNATURE = "signature"
+
 
 @dataclass
 class Element:
@@ -32,6 +37,37 @@ class Element:
     t_end: float | None = None
     ocr: bool = False
     level: int = 0  # heading depth where the format says it (1 = top)
+    role: str | None = None  # None: the document's own text; QUOTE or SIGNATURE
+
+
+@dataclass(frozen=True)
+class AttachmentRef:
+    """A file inside a container (a message's attachment), saved by the parser for its own ingest job.
+
+    `blob` names the bytes in the parts blob store; it is None when they were not saved, and then `error`
+    says why (over the size limit, encrypted, an archive), to be recorded against the attachment.
+    `index` is its position in the container (from 1), which with the container's uri makes its identity.
+    """
+
+    index: int
+    filename: str
+    content_type: str
+    size: int
+    blob: str | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index, "filename": self.filename, "content_type": self.content_type, "size": self.size,
+            "blob": self.blob, "error": self.error,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AttachmentRef:
+        return cls(
+            index=int(d["index"]), filename=str(d.get("filename") or ""), content_type=str(d.get("content_type") or ""),
+            size=int(d.get("size") or 0), blob=d.get("blob"), error=d.get("error"),
+        )
 
 
 @dataclass
@@ -45,6 +81,7 @@ class ParsedDocument:
     created_at: str | None = None  # ISO 8601
     modified_at: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    attachments: list[AttachmentRef] = field(default_factory=list)  # files inside, each ingested on its own
 
 
 # Progress of long work inside one parse: (stage, done, total or None). Parsers call it as they go (every

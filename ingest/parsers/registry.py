@@ -6,6 +6,9 @@ parse configuration (kb core and ingest), never the application.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from ingest.parsers.attachments import MsgParser
 from ingest.parsers.audio import MEDIA_TYPES, WhisperParser
 from ingest.parsers.base import ParserRegistry
 from ingest.parsers.documents import PARTITIONERS, UnstructuredParser
@@ -13,6 +16,7 @@ from ingest.parsers.mail import EmailParser
 from ingest.parsers.ocr import IMAGE_TYPES, ImageOcrParser, OcrPdfParser, TesseractOcr
 from ingest.parsers.text import DelimitedParser, TextParser
 from ingest.parsing import ParseConfig
+from kb.blobs import BlobStore
 
 TEXT_TYPES = ("txt", "text", "log", "json", "ndjson", "jsonl", "xml")
 
@@ -31,8 +35,12 @@ def default_registry(config: ParseConfig | int) -> ParserRegistry:
     reg.register_text_fallback(text)
     reg.register(DelimitedParser(), "csv", "tsv")
     reg.register(OcrPdfParser(ocr, max_pages=config.max_pages), "pdf")
-    reg.register(UnstructuredParser(max_unpacked_bytes=config.max_unpacked_bytes), *PARTITIONERS)
-    reg.register(EmailParser(), "eml")
+    documents = UnstructuredParser(max_unpacked_bytes=config.max_unpacked_bytes)
+    reg.register(documents, *PARTITIONERS)
+    # Messages save their attachments as parts, each ingested on its own (none saved without a parts dir)
+    parts = BlobStore(Path(config.parts_dir)) if config.parts_dir else None
+    reg.register(EmailParser(parts=parts, max_attachment_bytes=config.max_attachment_bytes), "eml")
+    reg.register(MsgParser(documents, parts, config.max_attachment_bytes), "msg")
     reg.register(ImageOcrParser(ocr, max_pages=config.max_pages), *IMAGE_TYPES)
     reg.register(
         WhisperParser(
