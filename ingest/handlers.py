@@ -61,11 +61,19 @@ class IngestHandler:
         self.max_file_bytes = max_file_bytes
 
     def __call__(self, job: Job, ctx: JobContext) -> JobResult:
+        result = self._ingest(job, ctx)
+        if isinstance(result, Fail) and job.uri is not None and "tag" in job.payload:
+            self.catalog.tag_source(job.uri, job.payload["tag"])  # a failure is listed under its folder's tag
+        return result
+
+    def _ingest(self, job: Job, ctx: JobContext) -> JobResult:
         assert job.uri is not None
         uri = job.uri
         path = from_uri(uri)
         force = bool(job.payload.get("force"))
         src = self.catalog.source(uri)
+        # the watched folder's tag, set by whoever queued the job; jobs without one keep the source's
+        tag = job.payload["tag"] if "tag" in job.payload else (src.tag if src is not None else None)
         try:
             st = path.stat()
         except FileNotFoundError:
@@ -94,7 +102,7 @@ class IngestHandler:
             h = file_hash(path, ctx.progress)
         except OSError as exc:
             return self._fail(uri, size, mtime_ns, f"cannot read the file: {exc.strerror or exc}", transient=True)
-        link = Link(uri, "file", size, mtime_ns)
+        link = Link(uri, "file", size, mtime_ns, tag=tag)
         existed = src is not None and src.doc_id is not None
         if not force and src is not None and src.content_hash == h and src.status in (SRC_INDEXED, SRC_EMPTY):
             self.catalog.touch_source(uri, size=size, mtime_ns=mtime_ns)
@@ -133,7 +141,7 @@ class IngestHandler:
             self.catalog.release_claims(job.id)
             return Defer(0.0, "interrupted by a stop; will run again")
         if outcome.warnings:
-            link = Link(uri, "file", size, mtime_ns, warning="; ".join(outcome.warnings)[:2000])
+            link = Link(uri, "file", size, mtime_ns, warning="; ".join(outcome.warnings)[:2000], tag=tag)
         parsed = outcome
 
         def store() -> Done | Defer:
