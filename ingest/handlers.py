@@ -73,7 +73,7 @@ class IngestHandler:
         force = bool(job.payload.get("force"))
         src = self.catalog.source(uri)
         # the watched folder's tag, set by whoever queued the job; jobs without one keep the source's
-        tag = job.payload["tag"] if "tag" in job.payload else (src.tag if src is not None else None)
+        tag = job.payload.get("tag", src.tag if src is not None else None)
         try:
             st = path.stat()
         except FileNotFoundError:

@@ -29,7 +29,8 @@ class Hit:
         c, d = self.chunk, self.document
         return {
             "chunk_id": c.id, "document_id": d.id, "title": d.title, "path": d.paths[0] if d.paths else None,
-            "paths": d.paths, "kind": d.kind, "file_type": d.file_type, "page": c.page,
+            "paths": d.paths, "tag": d.tags[0] if d.tags else None, "kind": d.kind, "file_type": d.file_type,
+            "page": c.page,
             "page_end": c.page_end, "section": c.section, "char_start": c.char_start,
             "char_end": c.char_end, "t_start": c.t_start, "t_end": c.t_end, "ocr": c.ocr,
             "score": round(self.score, 6),
