@@ -49,6 +49,12 @@ class ScanReport:
         return dict(self.__dict__)
 
 
+def job_key(action: str, uri: str, payload: dict[str, Any]) -> str | None:
+    """A move has its own key (old and new path): a later change at the old path must not replace it, nor a
+    second move from the same path. Other per-file jobs share the source's key (None: the default)."""
+    return f"move:{uri}>{payload['to']}" if action == "move" else None
+
+
 def lane_for(path: Path, size: int, slow_lane_bytes: int) -> str:
     """Long work (recordings, big files) goes to its own lane so it never blocks short work."""
     if path.suffix.lower().lstrip(".") in MEDIA_TYPES or size > slow_lane_bytes:
@@ -206,5 +212,6 @@ class Scanner:
             with self.jobs.transaction() as db:
                 for action, uri, lane, payload in items[i : i + 500]:
                     self.jobs.enqueue(
-                        db, action, uri, lane=lane, payload=payload, batch=batch, state=state, priority=priority
+                        db, action, uri, key=job_key(action, uri, payload), lane=lane, payload=payload,
+                        batch=batch, state=state, priority=priority,
                     )

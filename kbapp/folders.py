@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ingest.scan import FORGET_PRIORITY, lane_for
+from ingest.scan import FORGET_PRIORITY, job_key, lane_for
 from kb.jobs import LANE_FAST, JobQueue
 from kb.paths import absolute, to_uri
 from kb.settings import WatchedFolder
@@ -59,6 +59,7 @@ class FolderJobs:
             ("move", old, LANE_FAST, {"to": to_uri(new), "tag": self.tag_for(new)}, 0) for old, new in pairs
         ])
 
+
     def rescan(self, roots: Sequence[Path]) -> None:
         self.submit_scan([str(r) for r in roots])
 
@@ -66,4 +67,8 @@ class FolderJobs:
         for i in range(0, len(items), self.CHUNK):
             with self.jobs.transaction() as db:
                 for action, path, lane, payload, priority in items[i : i + self.CHUNK]:
-                    self.jobs.enqueue(db, action, to_uri(path), lane=lane, payload=payload, priority=priority)
+                    uri = to_uri(path)
+                    self.jobs.enqueue(
+                        db, action, uri, key=job_key(action, uri, payload), lane=lane, payload=payload,
+                        priority=priority,
+                    )

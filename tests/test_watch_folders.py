@@ -416,6 +416,20 @@ def test_settler_recreated_file_is_a_change_and_renames_are_immediate() -> None:
     assert w.sink.calls == [("moved", [(p, Path("/in/b.txt"))])]
 
 
+def test_settler_file_renamed_while_settling_settles_under_its_new_name() -> None:
+    w = World()
+    a, b = Path("/in/new.txt"), Path("/in/renamed.txt")
+    w.files[a] = (1, 1)
+    w.settler.changed(a)
+    w.run(0.4)
+    del w.files[a]
+    w.files[b] = (1, 1)
+    w.settler.moved(a, b, is_dir=False)
+    w.run(2.0)
+    # the old name never reached the library; forgetting it is a no-op, and nothing is ingested half-written
+    assert sorted(w.sink.calls) == [("changed", [b]), ("removed", [a])]
+
+
 def test_settler_retries_when_the_sink_fails() -> None:
     w = World()
     p = Path("/in/a.txt")

@@ -149,11 +149,16 @@ class Settler:
     def moved(self, src: Path, dst: Path, is_dir: bool) -> None:
         with self._lock:
             self._gone.pop(dst, None)
-            self._moves.append((src, dst))
             now = self.clock()
-            if src in self._pending:  # still settling: keep settling at its new name
+            if not is_dir and src in self._pending:
+                # Renamed while still settling (a download renamed when done, a new file renamed at once):
+                # it settles under its new name; the old name is a deletion, which pairs with it if both
+                # names are the same (a move to another folder) and is a no-op if the library never had it.
                 del self._pending[src]
                 self._pending[dst] = _Pending(None, now)
+                self._gone[src] = (now, False)
+                return
+            self._moves.append((src, dst))
             if is_dir:
                 for p in [p for p in self._pending if src in p.parents]:
                     del self._pending[p]
