@@ -178,7 +178,8 @@ class App:
             submit_scan=self._rescan,
         )
         return FolderWatcher(
-            s.inbox, sink, self.health, ignore=s.watch_ignore, settle_s=s.watch_settle_s, poll_s=s.watch_poll_s
+            s.inbox, sink, self.health, ignore=s.watch_ignore, settle_s=s.watch_settle_s, poll_s=s.watch_poll_s,
+            exclude=[s.data_dir],  # a watched folder holding the data directory must not ingest the catalog
         )
 
     def _rescan(self, paths: Sequence[str]) -> None:

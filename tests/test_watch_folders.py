@@ -469,3 +469,60 @@ def test_auto_mode_polls_a_network_folder(tmp_path: Path) -> None:
         assert h["state"] == "ok" and "nfs" in h["detail"]["reason"]
     finally:
         w.stop()
+
+
+class NoInotify:
+    """An observer whose watches fail as they do when the inotify watch limit is reached."""
+
+    def __init__(self) -> None:
+        from watchdog.observers import Observer
+
+        self._real = Observer()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def schedule(self, *args: Any, **kwargs: Any) -> Any:
+        raise OSError(28, "No space left on device")  # ENOSPC: what inotify_add_watch says at the limit
+
+
+def test_inotify_limit_falls_back_to_polling(tmp_path: Path) -> None:
+    folder = tmp_path / "big"
+    folder.mkdir()
+    board, sink = HealthBoard(), FakeSink()
+    w = FolderWatcher([WatchedFolder(path=folder, tag=None, mode="auto")], sink, board, ignore=[], settle_s=0.1,
+                      poll_s=0.2, inotify=NoInotify)  # type: ignore[arg-type]
+    w.start()
+    try:
+        assert w.modes() == {str(folder): "poll"}
+        (h,) = board.snapshot()
+        assert h["state"] == "ok" and "watch limit" in h["detail"]["reason"]
+        (folder / "a.txt").write_text("polled")
+        wait_for("the polling observer to see the file", lambda: sink.calls, 10)
+        assert sink.calls == [("changed", [folder / "a.txt"])]
+    finally:
+        w.stop()
+
+
+def test_move_job_falls_back_when_the_file_changed_on_the_way(make_app: AppFactory, tmp_path: Path) -> None:
+    """A move whose target no longer matches what was indexed: forget the old, ingest the new."""
+    emb = HashEmbedder()
+    app = make_app(embedder=emb)
+    a = note(tmp_path / "in" / "a.txt", "original")
+    app.ingest([tmp_path / "in"])
+    b = tmp_path / "in" / "b.txt"
+    a.rename(b)
+    note(b, "rewritten")
+    app.jobs.submit("move", str(a), key=f"move:{a}>{b}", payload={"to": str(b), "tag": None})
+    app.start_workers()
+    try:
+        def done() -> bool:
+            src = app.catalog.source(str(b))
+            return app.catalog.source(str(a)) is None and src is not None and src.status == "indexed" and not (
+                app.jobs.counts().get("queued") or app.jobs.counts().get("running"))
+
+        wait_for("the fallback to finish", done, 15)
+        assert "rewritten" in (app.catalog.document_text(app.catalog.source(str(b)).doc_id or 0) or "")
+        assert app.catalog.stats()["documents"] == 1
+    finally:
+        app.stop_workers(grace_s=5)

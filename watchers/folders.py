@@ -350,7 +350,10 @@ class FolderWatcher:
         self, folders: list[WatchedFolder], sink: FolderSink, health: HealthBoard, *, ignore: list[str],
         settle_s: float, poll_s: float, clock: Callable[[], float] = time.monotonic, tick_s: float = 0.2,
         health_every_s: float = 2.0, mountinfo: Path = Path("/proc/self/mountinfo"),
+        exclude: Sequence[Path] = (), inotify: Callable[[], BaseObserver] = Observer,
     ) -> None:
+        """`exclude`: folders never reported (kb's own data directory, should a watched folder hold it);
+        `inotify`: the event observer's factory (a failing one in tests of the fallback to polling)."""
         self.sink = sink
         self.health = health
         self.ignore = list(ignore)
@@ -359,6 +362,8 @@ class FolderWatcher:
         self.health_every_s = health_every_s
         self.mountinfo = mountinfo
         self.clock = clock
+        self.exclude = [Path(os.path.abspath(p)) for p in exclude]
+        self._inotify = inotify
         self._watches = [_Watch(WatchedFolder(path=Path(os.path.abspath(f.path)), tag=f.tag, mode=f.mode))
                          for f in folders]
         self.settler = Settler(sink, settle_s=settle_s, clock=clock, expand=self._files_under, alive=self._alive)
@@ -448,7 +453,7 @@ class FolderWatcher:
         observer: BaseObserver | None = None
         if mode == "events":
             try:
-                observer = self._start(Observer(), w)
+                observer = self._start(self._inotify(), w)
             except OSError as exc:
                 why = f"inotify unavailable: {exc.strerror or exc}"
                 if exc.errno in (errno.ENOSPC, errno.EMFILE, errno.ENFILE):
@@ -495,6 +500,8 @@ class FolderWatcher:
         src = Path(os.fsdecode(event.src_path))
         if src == w.root or w.root not in src.parents:
             self._check_now.set()  # the watched folder itself was deleted or moved away
+            return
+        if any(x == src or x in src.parents for x in self.exclude):
             return
         self.health.event(KIND, str(w.root))
         kind = event.event_type
