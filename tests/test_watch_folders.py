@@ -196,14 +196,21 @@ def test_rename_and_folder_move_keep_documents(mirror: Callable[..., Mirror], tm
 def test_move_between_folders_tag_follows(mirror: Callable[..., Mirror], tmp_path: Path) -> None:
     m = mirror([{"path": "work", "tag": "work"}, {"path": "home", "tag": "home"}])
     a = note(tmp_path / "work" / "plan.txt", "greenhouse")
+    project = [note(tmp_path / "work" / "project" / f"p{i}.txt", f"chapter{i}") for i in range(2)]
     m.matches()
     assert m.app.search("greenhouse", k=1, tag="work")
     doc, embedded = m.doc(a), m.emb.embedded  # (a search embeds its query)
+    project_docs = [m.doc(p) for p in project]
 
     dest = tmp_path / "home" / "plan.txt"
     shutil.move(a, dest)
+    shutil.move(tmp_path / "work" / "project", tmp_path / "home" / "project")
     lib = m.matches()
-    assert lib == {str(dest): (doc, "home")}
+    assert lib == {
+        str(dest): (doc, "home"),
+        **{str(tmp_path / "home" / "project" / p.name): (d, "home")
+           for p, d in zip(project, project_docs, strict=True)},
+    }
     assert m.emb.embedded == embedded
     assert m.vector_meta(dest)["tag"] == "home"
     assert m.app.search("greenhouse", k=1, tag="home")[0]["path"] == str(dest)
@@ -383,6 +390,23 @@ def test_settler_pairs_delete_and_create_across_folders_as_a_move() -> None:
     w.settler.deleted(Path("/work/b.txt"), is_dir=False)
     w.run(2.0)
     assert w.sink.calls == [("moved", [(Path("/work/b.txt"), Path("/home/b.txt"))])]
+
+
+def test_settler_pairs_a_folder_moved_between_watched_folders() -> None:
+    files = [Path("/home/proj/a.txt"), Path("/home/proj/sub/b.txt")]
+    w = World(expand=lambda d: iter(files))
+    for f in files:
+        w.files[f] = (1, 1)
+    w.settler.dir_created(Path("/home/proj"))
+    w.run(0.2)
+    w.settler.deleted(Path("/work/proj"), is_dir=True)
+    w.run(3.0)
+    assert w.sink.calls == [("moved", [(Path("/work/proj"), Path("/home/proj"))])]
+    # a new folder with no deleted twin: its files are ingested once they settled
+    w.sink.calls.clear()
+    w.settler.dir_created(Path("/home/proj"))
+    w.run(3.0)
+    assert w.sink.calls == [("changed", sorted(files))]
 
 
 def test_settler_removals_are_held_collapsed_and_kept_when_the_root_is_gone() -> None:

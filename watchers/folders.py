@@ -194,7 +194,8 @@ class Settler:
             removed = self._pair_and_release(now, settled, moves)
             for d in [d for d, t in self._new_dirs.items() if now - t >= self.hold_s]:
                 del self._new_dirs[d]
-            changed = [p for p in settled if not self._under_new_dir(p)]
+            # (pairing may have taken some: the files of a folder that turned out to be moved)
+            changed = [p for p in settled if p in self._pending and not self._under_new_dir(p)]
             for p in changed:
                 del self._pending[p]
         calls: list[tuple[str, list[Any]]] = [
