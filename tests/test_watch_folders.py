@@ -307,6 +307,36 @@ def test_folder_removed_then_restored(mirror: Callable[..., Mirror], tmp_path: P
     assert all(m.doc(f) == before[str(f)][0] for f in files)
 
 
+def test_default_layout_and_a_data_dir_inside_a_watched_folder(make_app: AppFactory, tmp_path: Path) -> None:
+    # the default: <data_dir>/inbox, inside the data directory, is watched
+    emb = HashEmbedder()
+    app = make_app(embedder=emb, data_dir=tmp_path / "data")
+    inbox = tmp_path / "data" / "inbox"
+    inbox.mkdir()
+    m = Mirror(app, emb, [inbox])
+    m.start()
+    try:
+        note(inbox / "a.txt", "default")
+        assert set(m.matches()) == {str(inbox / "a.txt")}
+    finally:
+        m.stop()
+    # kb's own files, in a data directory inside a watched folder, are never reported
+    sink = FakeSink()
+    lib = tmp_path / "lib"
+    (lib / "kbdata").mkdir(parents=True)
+    w = FolderWatcher([WatchedFolder(path=lib, tag=None, mode="events")], sink, HealthBoard(), ignore=[],
+                      settle_s=0.1, poll_s=1, exclude=[lib / "kbdata"])
+    w.start()
+    try:
+        (lib / "kbdata" / "catalog.sqlite3").write_bytes(b"x" * 100)
+        (lib / "doc.txt").write_text("a document")
+        wait_for("the document", lambda: sink.calls, 10)
+        time.sleep(0.5)
+        assert sink.calls == [("changed", [lib / "doc.txt"])]
+    finally:
+        w.stop()
+
+
 # -- the settle and move-pairing logic, with a fake clock ----------------------------------------------
 class FakeSink:
     def __init__(self) -> None:

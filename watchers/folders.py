@@ -502,8 +502,8 @@ class FolderWatcher:
         if src == w.root or w.root not in src.parents:
             self._check_now.set()  # the watched folder itself was deleted or moved away
             return
-        if any(x == src or x in src.parents for x in self.exclude):
-            return
+        if any((x == src or x in src.parents) and w.root in x.parents for x in self.exclude):
+            return  # inside an excluded folder that is inside this watched one (not: the inbox in data/)
         self.health.event(KIND, str(w.root))
         kind = event.event_type
         if kind == "moved":
