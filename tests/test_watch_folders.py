@@ -155,6 +155,21 @@ def test_create_modify_delete(mirror: Callable[..., Mirror], tmp_path: Path) -> 
     assert health[str(tmp_path / "inbox")]["state"] == "ok" and health[str(tmp_path / "inbox")]["mode"] == "events"
 
 
+def test_tag_filter_through_the_api(mirror: Callable[..., Mirror], tmp_path: Path) -> None:
+    from litestar.testing import TestClient
+
+    from server.api import create_api
+
+    m = mirror([{"path": "work", "tag": "work"}, {"path": "home", "tag": "home"}])
+    note(tmp_path / "work" / "w.txt", "budget meeting")
+    note(tmp_path / "home" / "h.txt", "budget holiday")
+    m.matches()
+    with TestClient(app=create_api(m.app)) as client:
+        r = client.post("/api/v1/search", json={"query": "budget", "k": 5, "tag": "home"})
+        assert r.status_code == 200, r.text
+        assert [(h["path"], h["tag"]) for h in r.json()] == [(str(tmp_path / "home" / "h.txt"), "home")]
+
+
 def test_slow_write_in_pieces_is_ingested_once_complete(mirror: Callable[..., Mirror], tmp_path: Path) -> None:
     m = mirror(settle=1.0)
     p = tmp_path / "inbox" / "scan.txt"
