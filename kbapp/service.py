@@ -18,6 +18,7 @@ from pathlib import Path
 from types import FrameType
 
 from kb.lock import WriteLock
+from kb.paths import absolute, to_uri
 from kbapp.app import App
 
 log = logging.getLogger(__name__)
@@ -106,8 +107,11 @@ def run_service(
         app.start_workers()
         inbox = [str(p) for p in app.settings.inbox_paths]
         for p in app.settings.inbox_paths:
-            with contextlib.suppress(OSError):  # an unmounted folder is reported by the watcher, not fatal
-                p.mkdir(parents=True, exist_ok=True)
+            # A new folder is created; one the library already holds documents from is not: missing, it is
+            # an unmounted disk or a deleted folder, reported unhealthy with its documents kept.
+            if not p.exists() and not app.catalog.sources_under(to_uri(absolute(p)).rstrip("/") + "/"):
+                with contextlib.suppress(OSError):
+                    p.mkdir(parents=True, exist_ok=True)
         watcher = app.folder_watcher()
         watcher.start()  # before the catch-up scan: nothing changing meanwhile is missed
         modes = watcher.modes()
