@@ -193,6 +193,7 @@ def _printsummarize(r: dict[str, Any], seconds: float) -> None:
         f"{r['files']} files in {seconds:.1f} s: {r['added']} added, {r['updated']} updated, "
         f"{r['unchanged']} unchanged, {r['failed']} failed"
         + (f", {r['removed']} removed" if r["removed"] else "")
+        + (f", {r['moved']} moved" if r.get("moved") else "")
         + (f", {r['empty']} with no text" if r["empty"] else "")
     )
     if r["held"]:

@@ -573,6 +573,23 @@ def test_inotify_limit_falls_back_to_polling(tmp_path: Path) -> None:
         w.stop()
 
 
+def test_a_rescan_pairs_a_renamed_folder_as_moves(make_app: AppFactory, tmp_path: Path) -> None:
+    emb = HashEmbedder()
+    app = make_app(embedder=emb)
+    for i in range(3):
+        note(tmp_path / "in" / "old" / f"n{i}.txt", f"topic{i}")
+    app.ingest([tmp_path / "in"])
+    docs = {s.uri.rsplit("/", 1)[1]: s.doc_id for s in app.catalog.all_sources()}
+    embedded = emb.embedded
+    (tmp_path / "in" / "old").rename(tmp_path / "in" / "new")
+    r = app.ingest([tmp_path / "in"])
+    assert (r["moved"], r["added"], r["removed"], r["failed"]) == (3, 0, 0, 0), r
+    assert {s.uri: s.doc_id for s in app.catalog.all_sources()} == {
+        str(tmp_path / "in" / "new" / name): doc for name, doc in docs.items()
+    }
+    assert emb.embedded == embedded
+
+
 def test_move_job_falls_back_when_the_file_changed_on_the_way(make_app: AppFactory, tmp_path: Path) -> None:
     """A move whose target no longer matches what was indexed: forget the old, ingest the new."""
     emb = HashEmbedder()
