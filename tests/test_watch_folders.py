@@ -590,6 +590,16 @@ def test_a_rescan_pairs_a_renamed_folder_as_moves(make_app: AppFactory, tmp_path
     assert emb.embedded == embedded
 
 
+def test_a_scan_of_a_missing_folder_forgets_nothing(make_app: AppFactory, tmp_path: Path) -> None:
+    app = make_app()
+    for i in range(3):
+        note(tmp_path / "disk" / f"n{i}.txt", f"topic{i}")
+    app.ingest([tmp_path / "disk"])
+    (tmp_path / "disk").rename(tmp_path / "unmounted")
+    r = app.ingest([tmp_path / "disk"])
+    assert r["removed"] == 0 and len(app.catalog.all_sources()) == 3
+
+
 def test_move_job_falls_back_when_the_file_changed_on_the_way(make_app: AppFactory, tmp_path: Path) -> None:
     """A move whose target no longer matches what was indexed: forget the old, ingest the new."""
     emb = HashEmbedder()
