@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kb.paths import absolute
+from kb.paths import absolute, ignored
+from kb.settings import DEFAULT_IGNORE
 
-_TEMP_SUFFIXES = (".tmp", ".part", ".crdownload", ".swp", ".swx", "~")
+_DEFAULT_IGNORE = tuple(DEFAULT_IGNORE)
 
 
 @dataclass(frozen=True)
@@ -23,13 +24,15 @@ class Found:
     error: str | None = None
 
 
-def is_ignored(name: str) -> bool:
-    """Hidden files, office lock files and partial downloads are not documents."""
-    return name.startswith((".", "~$", ".~lock")) or name.endswith(_TEMP_SUFFIXES)
+def is_ignored(name: str, patterns: Sequence[str] = _DEFAULT_IGNORE) -> bool:
+    """Hidden files, office lock files and partial downloads are not documents (setting watch_ignore)."""
+    return ignored(name, patterns)
 
 
-def discover(paths: Iterable[Path]) -> Iterator[Found]:
-    """Yield every file under the given files and folders; unreadable or looping paths yield an error."""
+def discover(paths: Iterable[Path], ignore: Sequence[str] = _DEFAULT_IGNORE) -> Iterator[Found]:
+    """Yield every file under the given files and folders; unreadable or looping paths yield an error.
+
+    Names matching `ignore` below a given folder are skipped; a path given explicitly never is."""
     seen_dirs: set[tuple[int, int]] = set()
     for root in paths:
         root = absolute(root)
@@ -39,12 +42,12 @@ def discover(paths: Iterable[Path]) -> Iterator[Found]:
             yield Found(root, error=_os_error(root, exc))
             continue
         if root.is_dir():
-            yield from _walk(root, seen_dirs)
+            yield from _walk(root, seen_dirs, ignore)
         else:
             yield Found(root, st.st_size, st.st_mtime_ns)
 
 
-def _walk(top: Path, seen: set[tuple[int, int]]) -> Iterator[Found]:
+def _walk(top: Path, seen: set[tuple[int, int]], ignore: Sequence[str]) -> Iterator[Found]:
     try:
         st = top.stat()
     except OSError as exc:
@@ -60,12 +63,12 @@ def _walk(top: Path, seen: set[tuple[int, int]]) -> Iterator[Found]:
         yield Found(top, error=_os_error(top, exc))
         return
     for entry in entries:
-        if is_ignored(entry.name):
+        if ignored(entry.name, ignore):
             continue
         path = Path(entry.path)
         try:
             if entry.is_dir(follow_symlinks=True):
-                yield from _walk(path, seen)
+                yield from _walk(path, seen, ignore)
                 continue
             est = entry.stat(follow_symlinks=True)
         except OSError as exc:

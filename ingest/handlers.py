@@ -129,7 +129,13 @@ class IngestHandler:
 
     def _file_input(self, job: Job) -> _Input | JobResult:
         assert job.uri is not None
-        uri, tag = job.uri, job.payload.get("tag")
+        uri = job.uri
+        # the watched folder's tag, set by whoever queued the job; a job without one keeps the source's
+        if "tag" in job.payload:
+            tag = job.payload["tag"]
+        else:
+            known = self.catalog.source(uri)
+            tag = known.tag if known is not None else None
         path = from_uri(uri)
         try:
             st = path.stat()

@@ -48,6 +48,8 @@ def chunk_metadata(doc: DocumentRecord, chunk: ChunkRecord, source_type: str = "
     md: Metadata = {
         "doc_id": doc.id, "kind": doc.kind, "file_type": doc.file_type, "path": doc.paths[0] if doc.paths else "",
         "source_type": source_type, "added_ts": int(doc.added_at), "seq": chunk.seq, "ocr": chunk.ocr,
+        # the first source's tag; "" when untagged, so a tag that went away is overwritten, not left behind
+        "tag": (doc.tags[0] if doc.tags else None) or "",
     }
     for key, iso in (("created_ts", doc.created_at), ("modified_ts", doc.modified_at)):
         ts = _timestamp(iso)
@@ -137,7 +139,8 @@ class Store:
         doc = self.catalog.document(doc_id)
         if doc is None:
             return []
-        doc.paths = doc.paths or [ln.uri for ln in links[:1]]
+        if not doc.paths:
+            doc.paths, doc.tags = [ln.uri for ln in links[:1]], [ln.tag for ln in links[:1]]
         chunks = self.catalog.chunks_of(doc_id)
         if chunks:
             self._upsert(doc, chunks, vectors, progress, should_stop)

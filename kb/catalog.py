@@ -73,6 +73,7 @@ class DocumentRecord:
     indexed_at: float | None
     paths: list[str] = field(default_factory=list)
     pipeline_version: str | None = None
+    tags: list[str | None] = field(default_factory=list)  # the tag of each source, in the order of paths
 
 
 @dataclass(frozen=True)
@@ -290,6 +291,11 @@ class Catalog:
                 return self._mark_if_unreferenced(db, [old["doc_id"]])
         return []
 
+    def tag_source(self, uri: str, tag: str | None) -> None:
+        """Set a source's tag (its watched folder's), whatever its state."""
+        with self.transaction() as db:
+            db.execute("UPDATE sources SET tag=? WHERE uri=?", (tag, uri))
+
     def touch_source(self, uri: str, *, size: int, mtime_ns: int) -> None:
         """Same content, new timestamp (e.g. a `touch`): remember the stat so the next scan is instant."""
         with self.transaction() as db:
@@ -314,6 +320,50 @@ class Catalog:
                 ]
                 db.execute(f"DELETE FROM sources WHERE uri IN ({marks})", part)
             return self._mark_if_unreferenced(db, doc_ids)
+
+    def sources_moving(self, uri: str) -> list[SourceRecord]:
+        """What moves with a file or folder: the source at `uri`, the sources under it as a folder, and the
+        parts of it as a container (attachments: `uri#n/...`)."""
+        uri = uri.rstrip("/") or "/"
+        rows = self._query(
+            "SELECT * FROM sources WHERE uri=? OR substr(uri, 1, ?) IN (?, ?) ORDER BY id",
+            (uri, len(uri) + 1, uri + "/", uri + "#"),
+        )
+        return [_source(r) for r in rows]
+
+    def rename_sources(self, renames: dict[str, str], *, tag: str | None) -> tuple[set[int], list[int]]:
+        """Give sources new uris (a file or folder moved) in one transaction; their documents stay as they are.
+
+        A source already at a new uri (the target was overwritten by the move) is replaced by the moved one.
+        Parent links follow (an attachment's container moved with it). Returns (documents whose sources
+        changed, documents left without any source).
+        """
+        touched: set[int] = set()
+        dropped: list[int] = []
+        now = time.time()
+        with self.transaction() as db:
+            for old, new in renames.items():
+                if old == new:
+                    continue
+                row = db.execute("SELECT id, doc_id, parent_uri FROM sources WHERE uri=?", (old,)).fetchone()
+                if row is None:
+                    continue
+                target = db.execute("SELECT id, doc_id FROM sources WHERE uri=?", (new,)).fetchone()
+                if target is not None:
+                    if target["doc_id"] is not None:
+                        dropped.append(target["doc_id"])
+                    db.execute("DELETE FROM sources WHERE id=?", (target["id"],))
+                parent = row["parent_uri"]
+                if parent is not None and parent in renames:
+                    parent = renames[parent]
+                db.execute(
+                    "UPDATE sources SET uri=?, parent_uri=?, tag=?, updated_at=? WHERE id=?",
+                    (new, parent, tag, now, row["id"]),
+                )
+                if row["doc_id"] is not None:
+                    touched.add(row["doc_id"])
+            orphans = self._mark_if_unreferenced(db, dropped)
+        return touched - set(orphans), orphans
 
     def _upsert_source(
         self, db: sqlite3.Connection, uri: str, source_type: str, doc_id: int | None,
@@ -365,7 +415,9 @@ class Catalog:
         if not rows:
             return None
         doc = _document(rows[0])
-        doc.paths = [r["uri"] for r in self._query("SELECT uri FROM sources WHERE doc_id=? ORDER BY id", (doc_id,))]
+        for r in self._query("SELECT uri, tag FROM sources WHERE doc_id=? ORDER BY id", (doc_id,)):
+            doc.paths.append(r["uri"])
+            doc.tags.append(r["tag"])
         return doc
 
     def documents(self, doc_ids: Iterable[int]) -> dict[int, DocumentRecord]:
@@ -377,9 +429,10 @@ class Catalog:
             for r in self._query(f"SELECT * FROM documents WHERE id IN ({marks})", part):
                 out[r["id"]] = _document(r)
             for r in self._query(
-                f"SELECT doc_id, uri FROM sources WHERE doc_id IN ({marks}) ORDER BY id", part
+                f"SELECT doc_id, uri, tag FROM sources WHERE doc_id IN ({marks}) ORDER BY id", part
             ):
                 out[r["doc_id"]].paths.append(r["uri"])
+                out[r["doc_id"]].tags.append(r["tag"])
         return out
 
     def document_ids_with_status(self, *statuses: str) -> list[int]:
@@ -585,17 +638,24 @@ class Catalog:
     def chunk_count(self) -> int:
         return int(self._query("SELECT count(*) AS n FROM chunks")[0]["n"])
 
-    def lexical_search(self, query: str, k: int) -> list[tuple[str, float]]:
-        """BM25 over chunk text and section titles; returns (chunk id, score), higher is better."""
+    def lexical_search(self, query: str, k: int, *, tag: str | None = None) -> list[tuple[str, float]]:
+        """BM25 over chunk text and section titles; returns (chunk id, score), higher is better.
+
+        With `tag`, only documents with a source carrying that tag (a watched folder's, a mail account's).
+        """
         match = _fts_query(query)
         if not match:
             return []
+        only, params = "", list[str]()
+        if tag is not None:
+            only = " AND EXISTS (SELECT 1 FROM sources s WHERE s.doc_id = d.id AND s.tag = ?)"
+            params.append(tag)
         rows = self._query(
             "SELECT c.id AS id, bm25(chunks_fts, 1.0, 0.5) AS score FROM chunks_fts"
             " JOIN chunks c ON c.rowid = chunks_fts.rowid"
-            " JOIN documents d ON d.id = c.doc_id AND d.status = 'indexed'"
+            f" JOIN documents d ON d.id = c.doc_id AND d.status = 'indexed'{only}"
             " WHERE chunks_fts MATCH ? ORDER BY score LIMIT ?",
-            (match, k),
+            (*params, match, k),
         )
         return [(r["id"], -float(r["score"])) for r in rows]
 

@@ -8,8 +8,10 @@ private-use code point (U+10FE80..U+10FEFF): valid UTF-8, order- and prefix-pres
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 _SURROGATE = re.compile("[\udc80-\udcff]")
@@ -23,6 +25,15 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 def absolute(path: Path | str) -> Path:
     """Absolute and normalised, without resolving symlinks: the path the user knows the file by."""
     return Path(os.path.normpath(os.path.abspath(path)))
+
+
+def ignored(name: str, patterns: Iterable[str]) -> bool:
+    """Whether one file or folder name matches an ignore pattern (fnmatch, case-insensitive).
+
+    The one rule for the folder watcher and for scans, so both skip the same temporary and hidden files.
+    """
+    low = name.lower()
+    return any(fnmatch.fnmatchcase(low, p.lower()) for p in patterns)
 
 
 def to_uri(path: Path | str) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ingest.handlers import ForgetHandler, IngestHandler, ScanHandler
+from ingest.moves import MoveHandler
 from ingest.parsers.base import ParserRegistry
 from ingest.parsers.registry import default_registry
 from ingest.parsing import InlineParser, ParseConfig, ParserProcess
@@ -30,8 +31,11 @@ from kb.jobs import FAILED, HELD, LANE_FAST, LANE_MAINT, LANE_SLOW, QUEUED, RUNN
 from kb.models import offline_environment
 from kb.paths import absolute, display, to_uri
 from kb.settings import Settings
+from kbapp.folders import FolderJobs, tagger
 from kbapp.runner import Runner
 from retrieval.search import Searcher, where_clause
+from watchers.folders import FolderWatcher
+from watchers.health import HealthBoard
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +57,8 @@ class App:
         self._runner: Runner | None = None
         self._warm_parsers: dict[str, list[Any]] = {}
         self.role = "library"  # "service" for `kb watch`, "one-off" for a command owning the directory
+        self.health = HealthBoard()  # what the watchers report (folders, mail accounts)
+        self.folder_tag = tagger(settings.inbox)
 
     def warm_up(self, lanes: Sequence[str] = (LANE_FAST,)) -> None:
         """Load the embedding model and start parser processes now, so the first file is not slow."""
@@ -163,8 +169,29 @@ class App:
         s = self.settings
         return Scanner(
             self.catalog, self.jobs, slow_lane_bytes=int(s.slow_lane_mb * 2**20),
-            mass_delete_ratio=s.mass_delete_ratio, mass_delete_min=s.mass_delete_min,
+            mass_delete_ratio=s.mass_delete_ratio, mass_delete_min=s.mass_delete_min, ignore=s.watch_ignore,
+            tag_for=self.folder_tag,
         )
+
+    def folder_watcher(self) -> FolderWatcher:
+        """The watcher of the inbox folders, queueing jobs for what changes in them (the service starts it)."""
+        s = self.settings
+        sink = FolderJobs(
+            self.jobs, tag_for=self.folder_tag, slow_lane_bytes=int(s.slow_lane_mb * 2**20),
+            submit_scan=self._rescan,
+        )
+        return FolderWatcher(
+            s.inbox, sink, self.health, ignore=s.watch_ignore, settle_s=s.watch_settle_s, poll_s=s.watch_poll_s,
+            exclude=[s.data_dir],  # a watched folder holding the data directory must not ingest the catalog
+        )
+
+    def _rescan(self, paths: Sequence[str]) -> None:
+        for p in paths:  # one job per folder: asking again while one is queued does not queue it twice
+            self.submit_scan([p], key=f"scan:{to_uri(absolute(Path(p)))}")
+
+    def watch_health(self) -> list[dict[str, Any]]:
+        """What the watchers report: each folder's (and mail account's) state, mode and last error."""
+        return self.health.snapshot()
 
     @cached_property
     def searcher(self) -> Searcher:
@@ -179,6 +206,7 @@ class App:
                 slow_lane_bytes=int(self.settings.slow_lane_mb * 2**20),
             ),
             "forget": ForgetHandler(self.catalog, self.store),
+            "move": MoveHandler(self.catalog, self.store, self.scanner),
             "scan": ScanHandler(self.scanner, self.jobs),
             "repair": RepairHandler(self.catalog, self.store),
             "reindex": ReindexHandler(self.catalog, lambda: self.vectors, self.embedder, self.store, self._swap_index),
@@ -341,9 +369,9 @@ class App:
         return {"released": self.jobs.release_held(confirm=True, batch=batch), "batch": self._adopt(batch)}
 
     def search(
-        self, query: str, k: int = 5, kind: str | None = None, file_type: str | None = None
+        self, query: str, k: int = 5, kind: str | None = None, file_type: str | None = None, tag: str | None = None
     ) -> list[dict[str, Any]]:
-        hits = self.searcher.search(query, k=k, where=where_clause(kind, file_type))
+        hits = self.searcher.search(query, k=k, where=where_clause(kind, file_type), tag=tag)
         out = []
         for h in hits:
             d = h.to_dict()
@@ -374,6 +402,7 @@ class App:
             for j in self.jobs.jobs([QUEUED], limit=200) if j.last_error
         ][:20]
         stats["held"] = stats["jobs"].get(HELD, 0)
+        stats["watch"] = self.watch_health()
         for f in stats["failures"]:
             f["path"] = display(f["path"])
         for w in stats["warnings"]:

@@ -193,6 +193,7 @@ def _printsummarize(r: dict[str, Any], seconds: float) -> None:
         f"{r['files']} files in {seconds:.1f} s: {r['added']} added, {r['updated']} updated, "
         f"{r['unchanged']} unchanged, {r['failed']} failed"
         + (f", {r['removed']} removed" if r["removed"] else "")
+        + (f", {r['moved']} moved" if r.get("moved") else "")
         + (f", {r['empty']} with no text" if r["empty"] else "")
     )
     if r["held"]:
@@ -302,13 +303,14 @@ def reindex(obj: Context, reparse: bool, as_json: bool, no_wait: bool) -> None:
 @click.option("-k", "k", default=5, show_default=True, type=click.IntRange(1, 200), help="Results to show.")
 @click.option("--type", "file_type", help="Only this file type, e.g. pdf.")
 @click.option("--kind", type=click.Choice(["document", "scan", "meeting", "mail"]), help="Only this kind.")
+@click.option("--tag", help="Only documents from the watched folder (or mail account) with this tag.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 @_errors
 def search(obj: Context, query: tuple[str, ...], k: int, file_type: str | None, kind: str | None,
-           as_json: bool) -> None:
+           tag: str | None, as_json: bool) -> None:
     """Search the library (meaning and keywords combined)."""
-    hits = obj.library(writes=False).search(" ".join(query), k=k, kind=kind, file_type=file_type)
+    hits = obj.library(writes=False).search(" ".join(query), k=k, kind=kind, file_type=file_type, tag=tag)
     if as_json:
         click.echo(json.dumps(hits, indent=2, ensure_ascii=False))
         return
@@ -444,10 +446,13 @@ def held(obj: Context, confirm: bool, discard: bool) -> None:
 
 
 @main.command()
-@click.option("--scan-interval", default=60.0, show_default=True, help="Seconds between inbox scans.")
+@click.option(
+    "--scan-interval", type=float, default=None,
+    help="Seconds between full rescans of the watched folders (default: setting reconcile_interval_s; 0: never).",
+)
 @click.pass_obj
 @_errors
-def watch(obj: Context, scan_interval: float) -> None:
+def watch(obj: Context, scan_interval: float | None) -> None:
     """Run the service: own the library, ingest the inbox folders as they change, answer other kb commands."""
     from kb.lock import holder, try_lock
     from kbapp.app import App

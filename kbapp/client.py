@@ -67,9 +67,10 @@ class Client:
         return dict(self._call("GET", "/status"))
 
     def search(
-        self, query: str, k: int = 5, kind: str | None = None, file_type: str | None = None
+        self, query: str, k: int = 5, kind: str | None = None, file_type: str | None = None, tag: str | None = None
     ) -> list[dict[str, Any]]:
-        return list(self._call("POST", "/search", {"query": query, "k": k, "kind": kind, "file_type": file_type}))
+        body = {"query": query, "k": k, "kind": kind, "file_type": file_type, "tag": tag}
+        return list(self._call("POST", "/search", body))
 
     def submit_ingest(self, paths: Sequence[str], *, force: bool = False, mirror: bool = True) -> str:
         return str(self._call("POST", "/ingest", {"paths": list(paths), "force": force, "mirror": mirror})["batch"])

@@ -24,6 +24,7 @@ def summarize(state: dict[str, Any]) -> dict[str, Any]:
         "unchanged": info.get("unchanged", 0) + o.get("unchanged", 0),
         "empty": o.get("empty", 0),
         "removed": o.get("removed", 0),
+        "moved": o.get("moved", 0),  # renamed or moved files whose documents were kept as they were
         "failed": len(failures),
         "held": info.get("held", 0),
         "held_roots": info.get("held_roots", []),

@@ -18,6 +18,7 @@ from pathlib import Path
 from types import FrameType
 
 from kb.lock import WriteLock
+from kb.paths import absolute, to_uri
 from kbapp.app import App
 
 log = logging.getLogger(__name__)
@@ -84,8 +85,15 @@ class Owner:
         self.lock.release()
 
 
-def run_service(app: App, lock: WriteLock, *, scan_interval_s: float, echo: Callable[[str], None]) -> None:
-    """`kb watch`: scan the inbox folders now and every scan_interval_s, run jobs until SIGTERM/SIGINT."""
+def run_service(
+    app: App, lock: WriteLock, *, scan_interval_s: float | None = None, echo: Callable[[str], None]
+) -> None:
+    """`kb watch`: mirror the inbox folders until SIGTERM/SIGINT.
+
+    The folder watcher queues what changes as it happens; a catch-up scan at start takes in what changed
+    while the service was down, and a reconciliation scan every `reconcile_interval_s` (or scan_interval_s)
+    repairs any missed event (size and time first; the content hash only where they differ).
+    """
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -93,18 +101,35 @@ def run_service(app: App, lock: WriteLock, *, scan_interval_s: float, echo: Call
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     owner = Owner(app, lock, role="service")
+    watcher = None
     try:
         app.warm_up()  # the model and a parser process load now, not inside the first person's request
         app.start_workers()
+        inbox = [str(p) for p in app.settings.inbox_paths]
         for p in app.settings.inbox_paths:
-            p.mkdir(parents=True, exist_ok=True)
-        echo(f"kb: watching {', '.join(str(p) for p in app.settings.inbox_paths)} (pid {os.getpid()}); Ctrl-C stops")
+            # A new folder is created; one the library already holds documents from is not: missing, it is
+            # an unmounted disk or a deleted folder, reported unhealthy with its documents kept.
+            if not p.exists() and not app.catalog.sources_under(to_uri(absolute(p)).rstrip("/") + "/"):
+                with contextlib.suppress(OSError):
+                    p.mkdir(parents=True, exist_ok=True)
+        watcher = app.folder_watcher()
+        watcher.start()  # before the catch-up scan: nothing changing meanwhile is missed
+        modes = watcher.modes()
+        echo("kb: watching " + ", ".join(f"{p} ({modes.get(p) or 'unavailable'})" for p in modes)
+             + f" (pid {os.getpid()}); Ctrl-C stops")
+        interval = app.settings.reconcile_interval_s if scan_interval_s is None else scan_interval_s
+        next_scan = time.monotonic()
         while not stop.is_set():
-            app.submit_scan([str(p) for p in app.settings.inbox_paths], key="scan:inbox")
-            stop.wait(scan_interval_s)
+            if time.monotonic() >= next_scan:
+                app.submit_scan(inbox, key="scan:inbox")
+                next_scan = time.monotonic() + interval if interval > 0 else float("inf")
+            stop.wait(max(0.05, min(5.0, next_scan - time.monotonic())))
         echo("kb: stopping: finishing or requeueing work in flight")
+        watcher.stop()
         app.stop_workers(grace_s=10.0)
     finally:
+        if watcher is not None:
+            watcher.stop()
         owner.close()
         for s, h in old.items():
             signal.signal(s, h)

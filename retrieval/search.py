@@ -33,7 +33,8 @@ class Hit:
         c, d = self.chunk, self.document
         return {
             "chunk_id": c.id, "document_id": d.id, "title": d.title, "path": d.paths[0] if d.paths else None,
-            "paths": d.paths, "kind": d.kind, "file_type": d.file_type, "page": c.page,
+            "paths": d.paths, "tag": d.tags[0] if d.tags else None, "kind": d.kind, "file_type": d.file_type,
+            "page": c.page,
             "page_end": c.page_end, "section": c.section, "char_start": c.char_start,
             "char_end": c.char_end, "t_start": c.t_start, "t_end": c.t_end, "ocr": c.ocr,
             "score": round(self.score, 6),
@@ -42,9 +43,13 @@ class Hit:
         }
 
 
-def where_clause(kind: str | None = None, file_type: str | None = None) -> dict[str, Any] | None:
+def where_clause(
+    kind: str | None = None, file_type: str | None = None, tag: str | None = None
+) -> dict[str, Any] | None:
     """Chroma's filter for the search filters people use."""
     filters: list[dict[str, Any]] = []
+    if tag:
+        filters.append({"tag": tag})
     if file_type:
         filters.append({"file_type": file_type.lower().lstrip(".")})
     if kind:
@@ -70,13 +75,21 @@ class Searcher:
         vector = self.embedder.embed([query])[0]
         return index.query(vector, depth, where)
 
-    def search(self, query: str, k: int = 10, where: dict[str, Any] | None = None) -> list[Hit]:
+    def search(
+        self, query: str, k: int = 10, where: dict[str, Any] | None = None, *, tag: str | None = None
+    ) -> list[Hit]:
+        """Top k passages. `where` filters the dense side only (the keyword side is then left out); `tag`
+        filters both sides."""
         query = query.strip()
         if not query:
             return []
         depth = max(4 * k, 40)
-        dense = self._dense(query, depth, where)
-        lexical = [] if where else self.catalog.lexical_search(query, depth)
+        dense_where = where
+        if tag:
+            tagged = where_clause(tag=tag)
+            dense_where = tagged if where is None else {"$and": [where, tagged]}
+        dense = self._dense(query, depth, dense_where)
+        lexical = [] if where else self.catalog.lexical_search(query, depth, tag=tag or None)
         fused: dict[str, float] = {}
         for ranked in (dense, lexical):
             for rank, (cid, _score) in enumerate(ranked):

@@ -27,7 +27,7 @@ class Library(Protocol):
     def status(self) -> dict[str, Any]: ...
 
     def search(
-        self, query: str, k: int = 5, kind: str | None = None, file_type: str | None = None
+        self, query: str, k: int = 5, kind: str | None = None, file_type: str | None = None, tag: str | None = None
     ) -> list[dict[str, Any]]: ...
 
     def submit_ingest(self, paths: Sequence[str], *, force: bool = False, mirror: bool = True) -> str: ...
@@ -49,6 +49,7 @@ class SearchRequest:
     k: int = 5
     kind: str | None = None
     file_type: str | None = None
+    tag: str | None = None  # a watched folder's (or mail account's) tag
 
 
 @dataclass
@@ -104,7 +105,7 @@ def create_api(library: Library) -> Litestar:
     @post(f"{API}/search", sync_to_thread=True, status_code=200)
     def search(data: SearchRequest) -> list[dict[str, Any]]:
         k = max(1, min(200, data.k))
-        return library.search(data.query, k=k, kind=data.kind, file_type=data.file_type)
+        return library.search(data.query, k=k, kind=data.kind, file_type=data.file_type, tag=data.tag)
 
     @post(f"{API}/ingest", sync_to_thread=True, status_code=202)
     def ingest(data: IngestRequest) -> dict[str, Any]:
