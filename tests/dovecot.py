@@ -1,0 +1,242 @@
+"""A real Dovecot IMAP server for tests and benchmarks: generated configuration in a temporary directory.
+
+Plaintext login on 127.0.0.1 (a free port), one user from a static passdb, Maildir storage. Dovecot runs in
+the foreground (`dovecot -F`) as a child process; `stop()` / `restart()` simulate a server going away.
+Importable from benches: `from tests.dovecot import Dovecot` (or with tests/ on sys.path).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+DOVECOT = "/usr/sbin/dovecot"
+
+_CONFIG = """\
+base_dir = {base}/run
+state_dir = {base}/state
+instance_name = kb-test-{port}
+listen = 127.0.0.1
+protocols = imap
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+log_path = {base}/dovecot.log
+info_log_path = {base}/dovecot.log
+default_internal_user = {internal}
+default_login_user = {login}
+first_valid_uid = 0
+mail_location = maildir:{base}/mail/%u
+mail_uid = {uid}
+mail_gid = {gid}
+mail_privileged_group =
+mail_max_userip_connections = 100
+protocol imap {{
+  mail_max_userip_connections = 100
+}}
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+service anvil {{
+  chroot =
+}}
+service imap-login {{
+  chroot =
+}}
+passdb {{
+  driver = static
+  args = user={user} password={password}
+}}
+userdb {{
+  driver = static
+  args = uid={uid} gid={gid} home={base}/home/%u
+}}
+namespace inbox {{
+  inbox = yes
+  separator = /
+}}
+"""
+
+
+def available() -> bool:
+    return Path(DOVECOT).is_file()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _user(name: str, fallback: str = "root") -> str:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+        return name
+    except KeyError:
+        return fallback
+
+
+class Dovecot:
+    """One Dovecot instance with one user. Use as a context manager, or call start() and close()."""
+
+    def __init__(self, root: Path | None = None, *, user: str = "kbtest", password: str = "s3cret-Pa55") -> None:
+        self._own_root = root is None
+        self.root = Path(tempfile.mkdtemp(prefix="kb-dovecot-")) if root is None else root
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.user = user
+        self.password = password
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.config = self.root / "dovecot.conf"
+        # Dovecot refuses to open mailboxes as root: as root, the mail is kept as an unprivileged user, whose
+        # folders must be reachable (hence a root of our own under /tmp rather than pytest's 0700 tmp_path).
+        uid, gid = os.getuid(), os.getgid()
+        if uid == 0:
+            import pwd
+
+            nobody = pwd.getpwnam(_user("nobody"))
+            uid, gid = nobody.pw_uid, nobody.pw_gid
+            self.root.chmod(0o755)
+        for sub in ("run", "state", "mail", "home"):
+            (self.root / sub).mkdir(exist_ok=True)
+        for sub in ("mail", "home"):
+            os.chown(self.root / sub, uid, gid)
+        self.config.write_text(_CONFIG.format(
+            base=self.root, port=self.port, user=user, password=password, uid=uid, gid=gid,
+            internal=_user("dovecot"), login=_user("dovenull"),
+        ))
+
+    @property
+    def log(self) -> str:
+        path = self.root / "dovecot.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def start(self, timeout_s: float = 15.0) -> None:
+        """Start in the foreground and wait until the port accepts connections and greets."""
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        self.proc = subprocess.Popen(
+            [DOVECOT, "-F", "-c", str(self.config)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=open(self.root / "stderr.log", "ab"), start_new_session=True,  # noqa: SIM115
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"dovecot exited at start: {(self.root / 'stderr.log').read_text()}{self.log}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    if s.recv(64).startswith(b"* OK"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"dovecot did not accept connections on port {self.port}: {self.log}")
+
+    def stop(self) -> None:
+        """Kill the whole process group (master, login and imap processes): clients see the connection drop."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+        # the master is gone; its children may linger a moment holding the port
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    time.sleep(0.05)
+            except OSError:
+                return
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        self.stop()
+        if self._own_root:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> Dovecot:
+        self.start()
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    # -- helpers, through IMAP like a real mail client --------------------------------------------
+    def client(self):  # type: ignore[no-untyped-def]
+        """A logged-in IMAPClient (the caller logs out)."""
+        from imapclient import IMAPClient
+
+        c = IMAPClient("127.0.0.1", port=self.port, ssl=False, timeout=10)
+        c.login(self.user, self.password)
+        return c
+
+    def append(self, folder: str, message: bytes, flags: tuple[bytes, ...] = ()) -> int:
+        """Add one message with IMAP APPEND; returns its UID."""
+        return self.append_many(folder, [message], flags)[0]
+
+    def append_many(self, folder: str, messages: list[bytes], flags: tuple[bytes, ...] = ()) -> list[int]:
+        c = self.client()
+        try:
+            uids = []
+            for m in messages:
+                resp = c.append(folder, m, flags=flags)
+                uids.append(_appenduid(resp))
+            return uids
+        finally:
+            with contextlib.suppress(Exception):
+                c.logout()
+
+    def create_folder(self, folder: str) -> None:
+        c = self.client()
+        try:
+            c.create_folder(folder)
+        finally:
+            with contextlib.suppress(Exception):
+                c.logout()
+
+    def delete_folder(self, folder: str) -> None:
+        """Delete a folder (for INBOX: expunge every message, then remove its storage so it is recreated with a
+        new UIDVALIDITY)."""
+        c = self.client()
+        try:
+            c.delete_folder(folder)
+        finally:
+            with contextlib.suppress(Exception):
+                c.logout()
+
+    def folder_status(self, folder: str) -> dict[bytes, int]:
+        c = self.client()
+        try:
+            return dict(c.folder_status(folder, ["MESSAGES", "UIDVALIDITY", "UIDNEXT", "UNSEEN"]))
+        finally:
+            with contextlib.suppress(Exception):
+                c.logout()
+
+
+def _appenduid(resp: bytes | str) -> int:
+    """The UID from an APPENDUID response code: b'[APPENDUID 1700000000 5] Append completed.'"""
+    text = resp.decode() if isinstance(resp, bytes) else resp
+    if "APPENDUID" in text:
+        return int(text.split("APPENDUID", 1)[1].split("]", 1)[0].split()[1])
+    return 0
