@@ -21,6 +21,7 @@ from ingest.recovery import RecoveryReport, RepairHandler, recover
 from ingest.reindex import ReindexHandler, drop_stale_collections
 from ingest.scan import Scanner
 from ingest.store import Store
+from kb.blobs import BlobStore
 from kb.catalog import Catalog
 from kb.embedding import Embedder, SentenceTransformerEmbedder
 from kb.errors import IndexMismatchError, KbError
@@ -31,6 +32,8 @@ from kb.paths import absolute, display, to_uri
 from kb.settings import Settings
 from kbapp.runner import Runner
 from retrieval.search import Searcher, where_clause
+from watchers.health import HealthBoard
+from watchers.mail import MailWatcher
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +169,19 @@ class App:
     @cached_property
     def searcher(self) -> Searcher:
         return Searcher(self.catalog, self.index, self.embedder)
+
+    @cached_property
+    def mail_blobs(self) -> BlobStore:
+        """Raw mail messages as fetched (content-addressed), to show, re-parse and take attachments from."""
+        return BlobStore(self.settings.blobs_dir / "mail", ".eml")
+
+    def mail_watcher(self, health: HealthBoard) -> MailWatcher:
+        """The IMAP sync of every configured account (the service starts and stops it)."""
+        s = self.settings
+        return MailWatcher(
+            s.mail, self.catalog, self.jobs, self.mail_blobs, health,
+            max_message_bytes=int(s.mail_max_message_mb * 2**20), slow_lane_bytes=int(s.slow_lane_mb * 2**20),
+        )
 
     def handlers(self) -> dict[str, Any]:
         return {

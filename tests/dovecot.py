@@ -29,6 +29,7 @@ protocols = imap
 ssl = no
 disable_plaintext_auth = no
 auth_mechanisms = plain login
+auth_failure_delay = 0
 log_path = {base}/dovecot.log
 info_log_path = {base}/dovecot.log
 default_internal_user = {internal}
@@ -207,6 +208,21 @@ class Dovecot:
             with contextlib.suppress(Exception):
                 c.logout()
 
+    def append_files(self, folder: str, paths: list[Path]) -> list[int]:
+        """Load message files (a Maildir's or a corpus's) into a folder; returns their UIDs."""
+        return self.append_many(folder, [p.read_bytes() for p in paths])
+
+    def flags(self, folder: str) -> dict[int, tuple[bytes, ...]]:
+        """UID -> flags, read without changing anything."""
+        c = self.client()
+        try:
+            c.select_folder(folder, readonly=True)
+            uids = c.search(["ALL"])
+            return {int(u): tuple(d[b"FLAGS"]) for u, d in c.fetch(uids, ["FLAGS"]).items()} if uids else {}
+        finally:
+            with contextlib.suppress(Exception):
+                c.logout()
+
     def create_folder(self, folder: str) -> None:
         c = self.client()
         try:
@@ -216,8 +232,7 @@ class Dovecot:
                 c.logout()
 
     def delete_folder(self, folder: str) -> None:
-        """Delete a folder (for INBOX: expunge every message, then remove its storage so it is recreated with a
-        new UIDVALIDITY)."""
+        """Delete a folder (not INBOX); created again, it has a new UIDVALIDITY."""
         c = self.client()
         try:
             c.delete_folder(folder)
@@ -240,3 +255,81 @@ def _appenduid(resp: bytes | str) -> int:
     if "APPENDUID" in text:
         return int(text.split("APPENDUID", 1)[1].split("]", 1)[0].split()[1])
     return 0
+
+
+# -- sample messages: the kinds of mail a real mailbox holds, including the broken ones ---------------
+def _wav(seconds: float = 0.2, rate: int = 8000) -> bytes:
+    import io
+    import wave
+
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(b"\x00\x01" * int(seconds * rate))
+    return buf.getvalue()
+
+
+_PDF = (
+    b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n2 0 obj<</Type/Pages/Kids[3 0 R]/Count 1>>endobj\n"
+    b"3 0 obj<</Type/Page/Parent 2 0 R/MediaBox[0 0 200 200]>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n"
+)
+_PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360000002000100e221bc330000000049454e44ae426082"
+)
+
+
+def sample_messages(big_bytes: int = 300_000) -> dict[str, bytes]:
+    """Raw messages (CRLF line ends, as IMAP serves them) by name: plain, html, attachments, broken_mime,
+    bogus_charset, dup_a / dup_b (one Message-ID, two messages), big (about big_bytes)."""
+    from email.message import EmailMessage
+    from email.policy import SMTP
+
+    def msg(subject: str, mid: str) -> EmailMessage:
+        m = EmailMessage(policy=SMTP)
+        m["From"] = "Ada <ada@example.org>"
+        m["To"] = "kb@example.org"
+        m["Subject"] = subject
+        m["Date"] = "Mon, 02 Mar 2026 10:00:00 +0000"
+        m["Message-ID"] = mid
+        return m
+
+    out: dict[str, bytes] = {}
+    m = msg("Plain hello", "<plain@example.org>")
+    m.set_content("The lease renewal is due in March.\n")
+    out["plain"] = m.as_bytes()
+    m = msg("HTML only", "<html@example.org>")
+    m.set_content("<html><body><p>Budget <b>approved</b>.</p></body></html>", subtype="html")
+    out["html"] = m.as_bytes()
+    m = msg("Attachments", "<attach@example.org>")
+    m.set_content("Report, photo and recording attached.\n")
+    m.add_attachment(_PDF, maintype="application", subtype="pdf", filename="report.pdf")
+    m.add_attachment(_PNG, maintype="image", subtype="png", filename="photo.png")
+    m.add_attachment(_wav(), maintype="audio", subtype="wav", filename="memo.wav")
+    out["attachments"] = m.as_bytes()
+    out["broken_mime"] = (
+        b"From: broken@example.org\r\nSubject: Broken MIME\r\nMessage-ID: <broken@example.org>\r\n"
+        b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"never-closed\"\r\n\r\n"
+        b"--never-closed\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        b"!!!not base64!!!\r\n--never-closed\r\nContent-Type: application/pdf; name=\"cut.pdf\"\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n"
+    )
+    out["bogus_charset"] = (
+        b"From: charset@example.org\r\nSubject: =?x-bogus-42?Q?Gr=FC=DFe?=\r\nMessage-ID: <charset@example.org>\r\n"
+        b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=\"x-bogus-42\"\r\n"
+        b"Content-Transfer-Encoding: 8bit\r\n\r\nGr\xfc\xdfe aus K\xf6ln\r\n"
+    )
+    m = msg("Duplicate one", "<same@example.org>")
+    m.set_content("First message with this id.\n")
+    out["dup_a"] = m.as_bytes()
+    m = msg("Duplicate two", "<same@example.org>")
+    m.set_content("Second message with the same id.\n")
+    out["dup_b"] = m.as_bytes()
+    m = msg("Too big", "<big@example.org>")
+    m.set_content("Big attachment follows.\n")
+    m.add_attachment(os.urandom(big_bytes * 3 // 4), maintype="application", subtype="octet-stream",
+                     filename="big.bin")
+    out["big"] = m.as_bytes()
+    return out
