@@ -26,7 +26,7 @@ state_dir = {base}/state
 instance_name = kb-test-{port}
 listen = 127.0.0.1
 protocols = imap
-ssl = no
+{ssl}
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 auth_failure_delay = 0
@@ -49,7 +49,8 @@ service imap-login {{
     port = {port}
   }}
   inet_listener imaps {{
-    port = 0
+    address = 127.0.0.1
+    port = {tls_port}
   }}
 }}
 service anvil {{
@@ -96,13 +97,17 @@ def _user(name: str, fallback: str = "root") -> str:
 class Dovecot:
     """One Dovecot instance with one user. Use as a context manager, or call start() and close()."""
 
-    def __init__(self, root: Path | None = None, *, user: str = "kbtest", password: str = "s3cret-Pa55") -> None:
+    def __init__(
+        self, root: Path | None = None, *, user: str = "kbtest", password: str = "s3cret-Pa55", tls: bool = False
+    ) -> None:
+        """With tls, a self-signed certificate for 127.0.0.1: implicit TLS on `tls_port`, STARTTLS on `port`."""
         self._own_root = root is None
         self.root = Path(tempfile.mkdtemp(prefix="kb-dovecot-")) if root is None else root
         self.root.mkdir(parents=True, exist_ok=True)
         self.user = user
         self.password = password
         self.port = free_port()
+        self.tls_port = free_port() if tls else 0
         self.proc: subprocess.Popen[bytes] | None = None
         self.config = self.root / "dovecot.conf"
         # Dovecot refuses to open mailboxes as root: as root, the mail is kept as an unprivileged user, whose
@@ -118,9 +123,18 @@ class Dovecot:
             (self.root / sub).mkdir(exist_ok=True)
         for sub in ("mail", "home"):
             os.chown(self.root / sub, uid, gid)
+        ssl = "ssl = no"
+        if tls:
+            cert, key = self.root / "cert.pem", self.root / "key.pem"
+            subprocess.run(
+                ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+                 "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                check=True, capture_output=True,
+            )
+            ssl = f"ssl = yes\nssl_cert = <{cert}\nssl_key = <{key}"
         self.config.write_text(_CONFIG.format(
-            base=self.root, port=self.port, user=user, password=password, uid=uid, gid=gid,
-            internal=_user("dovecot"), login=_user("dovenull"),
+            base=self.root, port=self.port, tls_port=self.tls_port, ssl=ssl, user=user, password=password, uid=uid,
+            gid=gid, internal=_user("dovecot"), login=_user("dovenull"),
         ))
 
     @property

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from dovecot import Dovecot, sample_messages
+from dovecot import Dovecot, available, sample_messages
 from pydantic import SecretStr
 
 from kb.blobs import BlobStore
@@ -318,6 +318,44 @@ def test_connection_errors_are_one_clear_line(imap_server: Dovecot) -> None:
     tls = account(imap_server, security="starttls")
     with pytest.raises(MailConnectError, match="does not offer STARTTLS"):
         ImapConnection(tls).open()
+
+
+def test_tls_and_starttls_with_certificate_checks(tmp_path: Path) -> None:
+    from kbapp.cli import main
+
+    if not available():
+        pytest.skip("Dovecot is not installed (/usr/sbin/dovecot; Debian package dovecot-imapd)")
+    with Dovecot(tls=True) as server:
+        def acct(security: str, port: int, verify: bool) -> MailAccount:
+            return MailAccount(name="secure", host="127.0.0.1", port=port, security=security, username=server.user,
+                               password=SecretStr(server.password), verify_tls=verify)
+
+        server.append("INBOX", sample_messages(big_bytes=10)["plain"])
+        for security, port in (("tls", server.tls_port), ("starttls", server.port)):
+            with ImapConnection(acct(security, port, verify=False)) as conn:
+                assert conn.select("INBOX").messages == 1
+            with pytest.raises(MailConnectError, match=r"TLS certificate not trusted \(self-signed certificate\)"):
+                ImapConnection(acct(security, port, verify=True)).open()
+        with pytest.raises(MailConnectError, match=r"TLS error: WRONG_VERSION_NUMBER .*try security 'starttls'"):
+            ImapConnection(acct("tls", server.port, verify=False)).open()
+
+        config = tmp_path / "kb.toml"
+        config.write_text(textwrap.dedent(f"""
+            [[mail]]
+            name = "secure"
+            host = "127.0.0.1"
+            port = {server.tls_port}
+            username = "{server.user}"
+            password_env = "KB_TEST_TLS_PASSWORD"
+        """))
+        out = CliRunner().invoke(main, ["mail", "test"], env={
+            "KB_CONFIG": str(config), "KB_DATA_DIR": str(tmp_path / "data"), "KB_TEST_TLS_PASSWORD": server.password,
+        })
+        assert out.exit_code == 1
+        assert out.output.strip() == (
+            f"secure: connecting to 127.0.0.1:{server.tls_port} failed: TLS certificate not trusted "
+            "(self-signed certificate); set verify_tls = false only if you trust it"
+        )
 
 
 KILL_SCRIPT = textwrap.dedent("""

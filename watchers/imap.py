@@ -269,7 +269,8 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"TLS certificate not trusted ({exc.verify_message}); set verify_tls = false only if you trust it"
     if isinstance(exc, ssl.SSLError):
-        return f"TLS error: {exc.reason or exc}"
+        hint = " (a plain-text port? try security 'starttls')" if exc.reason == "WRONG_VERSION_NUMBER" else ""
+        return f"TLS error: {exc.reason or exc}{hint}"
     if isinstance(exc, socket.gaierror):
         return f"unknown host ({exc.strerror})"
     if isinstance(exc, ConnectionRefusedError):
