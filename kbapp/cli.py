@@ -488,6 +488,8 @@ def mail_test(obj: Context, account: str | None) -> None:
             bad = True
             continue
         wait = "IDLE" if r.idle and a.idle else f"polling every {a.poll_interval_s:g} s"
+        if a.idle and not r.idle:
+            wait += " (the server does not offer IDLE)"
         click.echo(f"{a.name}: logged in to {r.where} as {a.username} ({a.security}); new mail by {wait}")
         for f in r.folders:
             if f.error is not None:

@@ -30,7 +30,7 @@ from kb.paths import mail_uri
 from kb.settings import MailAccount
 from watchers.health import OK, UNHEALTHY, HealthBoard
 from watchers.imap import ImapConnection, MailConnectError, MailFolderError
-from watchers.mail import FORGET_PRIORITY, MailWatcher
+from watchers.mail import FORGET_PRIORITY, MailWatcher, folder_status
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
@@ -217,8 +217,9 @@ def test_missing_folder_is_reported_and_the_others_still_sync(imap_server: Dovec
     assert len(report["errors"]) == 1 and "cannot open folder 'Nope' of work" in report["errors"][0]
     h = env.health_of()
     assert h["state"] == UNHEALTHY and "Nope" in h["last_error"]
-    row = env.catalog._query("SELECT last_error FROM mail_folders WHERE folder='Nope'")[0]
-    assert "Nope" in row["last_error"]
+    states = {r["folder"]: r for r in folder_status(env.catalog)}
+    assert "Nope" in states["Nope"]["last_error"] and states["Nope"]["last_sync"] is None
+    assert states["INBOX"]["last_error"] is None and states["INBOX"]["last_uid"] == 1
 
 
 def test_idle_queues_new_mail_within_seconds_and_stops_promptly(imap_server: Dovecot, env: Env) -> None:

@@ -241,10 +241,6 @@ class ImapConnection:
         with self._errors("waiting on"):
             self.client.idle_done()
 
-    def noop(self) -> None:
-        with self._errors("talking to"):
-            self.client.noop()
-
     # -- errors -----------------------------------------------------------------------------------
     @contextlib.contextmanager
     def _errors(self, doing: str) -> Any:

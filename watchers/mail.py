@@ -111,6 +111,7 @@ class MailWatcher:
         self._threads: list[threading.Thread] = []
         self._locks = {name: threading.Lock() for name in self.accounts}
         self._live: dict[str, ImapConnection] = {}
+        self._failures: dict[str, int] = {}
         # Folders whose messages of an older UIDVALIDITY may still be in the library: every folder once per
         # process (a crash may have come between a reset and its forgets), and each folder after a reset.
         self._stale_check = {(a.name, f) for a in accounts for f in a.folders}
@@ -155,7 +156,6 @@ class MailWatcher:
             return self._sync_account(conn, acct).to_dict()
 
     def _run(self, account: MailAccount) -> None:
-        failures = 0
         while not self._stop.is_set():
             conn = ImapConnection(account, timeout_s=self.timeout_s)
             try:
@@ -164,25 +164,26 @@ class MailWatcher:
                 idle = account.idle and conn.has_idle()
                 self.health.update(KIND, account.name, mode="idle" if idle else "poll")
                 self._serve(conn, account, idle)
-                failures = 0
             except MailAuthError as exc:
                 # Lasting until someone fixes the settings: say so and try again only rarely.
                 self._report(account, exc, retry_s=self.auth_retry_s)
                 self._stop.wait(self.auth_retry_s)
             except MailError as exc:
-                failures += 1
-                delay = wait_backoff(failures, base_s=self.backoff_base_s, cap_s=self.backoff_cap_s)
-                self._report(account, exc, retry_s=delay)
-                self._stop.wait(delay)
+                self._stop.wait(self._backoff(account, exc))
             except Exception as exc:  # a bug or a server answer nobody foresaw: never the end of the thread
                 log.exception("mail account %s: unexpected error", account.name)
-                failures += 1
-                delay = wait_backoff(failures, base_s=self.backoff_base_s, cap_s=self.backoff_cap_s)
-                self._report(account, MailError(f"unexpected error: {type(exc).__name__}: {exc}"), retry_s=delay)
-                self._stop.wait(delay)
+                error = MailError(f"unexpected error: {type(exc).__name__}: {exc}")
+                self._stop.wait(self._backoff(account, error))
             finally:
+                conn.close()  # while still listed, so stop() can cut a logout that hangs
                 self._live.pop(account.name, None)
-                conn.close()
+
+    def _backoff(self, account: MailAccount, exc: MailError) -> float:
+        """Report a passing failure; the wait before the next try doubles with each failure in a row."""
+        self._failures[account.name] = n = self._failures.get(account.name, 0) + 1
+        delay = wait_backoff(n, base_s=self.backoff_base_s, cap_s=self.backoff_cap_s)
+        self._report(account, exc, retry_s=delay)
+        return delay
 
     def _serve(self, conn: ImapConnection, account: MailAccount, idle: bool) -> None:
         """Sync, then wait for news (IDLE) or the next poll, until stopped or the connection fails."""
@@ -192,6 +193,7 @@ class MailWatcher:
             now = time.monotonic()
             if now >= next_full:
                 self._sync_account(conn, account)
+                self._failures[account.name] = 0  # a full sync worked: the next failure starts the backoff over
                 next_full = time.monotonic() + account.poll_interval_s
             elif woke:
                 self._sync_account(conn, account, folders=account.folders[:1])
@@ -236,13 +238,12 @@ class MailWatcher:
                 except MailFolderError as exc:
                     report.errors.append(str(exc))
                     self._record_folder(account.name, folder, error=str(exc))
-        fields: dict[str, Any] = {"last_sync": time.time()}
-        if report.queued:
-            fields["last_event"] = time.time()
+        if folders is not None:  # the IDLE folder only: news (last_event, set per batch), not a full check
+            return report
         if report.errors:
-            self.health.update(KIND, account.name, error="; ".join(report.errors), **fields)
+            self.health.update(KIND, account.name, error="; ".join(report.errors), last_sync=time.time())
         else:
-            self.health.update(KIND, account.name, state=OK, detail={}, **fields)
+            self.health.update(KIND, account.name, state=OK, detail={}, last_sync=time.time())
         return report
 
     def _sync_folder(self, conn: ImapConnection, account: MailAccount, folder: str, report: SyncReport) -> None:
@@ -447,6 +448,15 @@ def check_account(
     except MailError as exc:
         result.error = str(exc)
     return result
+
+
+def folder_status(catalog: Catalog) -> list[dict[str, Any]]:
+    """Every mail folder's sync state as the catalog keeps it: what `kb status` can show with no service."""
+    rows = catalog._query(
+        "SELECT account, folder, uidvalidity, last_uid, last_sync, last_error FROM mail_folders"
+        " ORDER BY account, folder"
+    )
+    return [dict(r) for r in rows]
 
 
 def read_folder_states(catalog_path: Path) -> dict[tuple[str, str], FolderState]:
