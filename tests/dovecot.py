@@ -237,6 +237,20 @@ class Dovecot:
             with contextlib.suppress(Exception):
                 c.logout()
 
+    def message_file(self, folder: str, uid: int) -> Path:
+        """The Maildir file holding a message (to damage it, as a failing disk would)."""
+        box = self.root / "mail" / self.user
+        if folder != "INBOX":
+            box = box / f".{folder.replace('/', '.')}"
+        uidlist = (box / "dovecot-uidlist").read_text().splitlines()[1:]
+        for line in uidlist:
+            head, _, name = line.partition(":")
+            if int(head.split()[0]) == uid:
+                found = [p for sub in ("cur", "new") for p in (box / sub).glob(f"{name}*")]
+                if found:
+                    return found[0]
+        raise FileNotFoundError(f"no file for UID {uid} in {folder}")
+
     def create_folder(self, folder: str) -> None:
         c = self.client()
         try:

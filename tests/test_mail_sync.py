@@ -286,6 +286,30 @@ def test_server_restart_mid_sync_reconnects_and_finishes_without_duplicates(
     assert w.folder_state("work", "INBOX").last_uid == n  # type: ignore[union-attr]
 
 
+def test_a_message_the_server_cannot_send_is_recorded_and_skipped(imap_server: Dovecot, env: Env) -> None:
+    """Dovecot drops the connection when a stored message is damaged (its file shorter than recorded): the
+    account must not reconnect and fail on it forever."""
+    messages = [f"Subject: m{i}\r\nMessage-ID: <{i}@x>\r\n\r\nbody number {i}\r\n".encode() for i in range(6)]
+    uids = imap_server.append_many("INBOX", messages)
+    damaged = imap_server.message_file("INBOX", uids[2])
+    damaged.write_bytes(b"Subject: m2\r\n\r\nX\r\n")
+    acct = account(imap_server)
+    w = env.watcher(acct)
+    w.start()
+    wait_for(lambda: len(env.mail_jobs()) == len(messages), timeout_s=20, what="every message queued")
+    validity = imap_server.folder_status("INBOX")[b"UIDVALIDITY"]
+    jobs = env.mail_jobs()
+    for uid, raw in zip(uids, messages, strict=True):
+        p = jobs[mail_uri("work", "INBOX", validity, uid)].payload
+        if uid == uids[2]:
+            assert p["blob"] is None
+            assert p["error"].startswith("the server closed the connection each time it sent this message")
+        else:
+            assert env.blobs.read(p["blob"]) == raw
+    wait_for(lambda: env.health_of()["state"] == OK, what="healthy again")
+    assert set(enqueue_counts(env.catalog).values()) == {1}
+
+
 def test_wrong_password_is_reported_not_retried_in_a_tight_loop(
     imap_server: Dovecot, env: Env, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -37,6 +37,7 @@ from watchers.imap import (
     FolderInfo,
     ImapConnection,
     MailAuthError,
+    MailConnectError,
     MailError,
     MailFolderError,
     chunked,
@@ -49,6 +50,9 @@ KIND = "mail"
 # Forgetting the messages of an old UIDVALIDITY waits behind the refetch (claimed after priority-0 work)
 FORGET_PRIORITY = 10
 FORGET_DELAY_S = 60.0
+# A message the server drops the connection over (Dovecot does, for a corrupt file) is fetched alone after its
+# batch failed, and after this many drops it is recorded as failed and skipped: the account goes on.
+MAX_DROPS = 3
 
 
 @dataclass
@@ -112,6 +116,7 @@ class MailWatcher:
         self._locks = {name: threading.Lock() for name in self.accounts}
         self._live: dict[str, ImapConnection] = {}
         self._failures: dict[str, int] = {}
+        self._drops: dict[tuple[str, str, int], int] = {}  # (account, folder, uid) -> connections lost over it
         # Folders whose messages of an older UIDVALIDITY may still be in the library: every folder once per
         # process (a crash may have come between a reset and its forgets), and each folder after a reset.
         self._stale_check = {(a.name, f) for a in accounts for f in a.folders}
@@ -257,9 +262,12 @@ class MailWatcher:
         if info.messages and (info.uidnext is None or info.uidnext > state.last_uid + 1):
             sizes = conn.sizes_after(state.last_uid)
         for batch in chunked(sorted(sizes), sizes, count=self.batch_count, total_bytes=self.batch_bytes):
-            if self._stop.is_set():
-                return
-            self._store_batch(conn, account, folder, info.uidvalidity, batch, sizes, report)
+            # a batch that lost the connection before is read one message at a time, to find the culprit
+            suspect = any((account.name, folder, u) in self._drops for u in batch)
+            for part in ([u] for u in batch) if suspect else [batch]:
+                if self._stop.is_set():
+                    return
+                self._store_batch(conn, account, folder, info.uidvalidity, part, sizes, report)
         key = (account.name, folder)
         with self._stale_lock:
             stale = key in self._stale_check
@@ -295,7 +303,23 @@ class MailWatcher:
     ) -> None:
         """Fetch, keep the bytes, then queue the jobs and advance last_uid in one transaction."""
         limit = self.max_message_bytes
-        bodies, errors = conn.fetch_bodies([u for u in batch if sizes[u] <= limit])
+        wanted = [u for u in batch if sizes[u] <= limit]
+        errors: dict[int, str] = {}
+        for uid in wanted:
+            if self._drops.get((account.name, folder, uid), 0) >= MAX_DROPS:
+                errors[uid] = (
+                    f"the server closed the connection each time it sent this message ({MAX_DROPS} tries); "
+                    "it is skipped (a damaged message on the server?)"
+                )
+        wanted = [u for u in wanted if u not in errors]
+        try:
+            bodies, more = conn.fetch_bodies(wanted)
+        except MailConnectError:
+            for uid in wanted:
+                key = (account.name, folder, uid)
+                self._drops[key] = self._drops.get(key, 0) + 1
+            raise
+        errors.update(more)
         entries: list[tuple[int, dict[str, Any]]] = []
         for uid in batch:
             size = sizes[uid]
@@ -341,6 +365,8 @@ class MailWatcher:
                 "UPDATE mail_folders SET last_uid=max(last_uid, ?) WHERE account=? AND folder=?",
                 (max(batch), account.name, folder),
             )
+        for uid in batch:
+            self._drops.pop((account.name, folder, uid), None)
         report.queued += queued
         if queued:
             self.health.event(KIND, account.name)
