@@ -34,6 +34,9 @@ class MailAuthError(MailError):
 class MailConnectError(MailError):
     """Unreachable server, TLS failure, timeout or a dropped connection: passing, worth retrying."""
 
+    #: the server ended the session itself (EOF, BYE), as opposed to a timeout or a network error
+    server_closed: bool = False
+
 
 class MailFolderError(MailError):
     """A configured folder does not exist (or cannot be opened): that folder only."""
@@ -202,6 +205,12 @@ class ImapConnection:
             body = data.get(b"BODY[]")
             if int(uid) in wanted and isinstance(body, bytes):
                 out[int(uid)] = body
+        missing = sorted(wanted - set(out))
+        if missing:  # deleted meanwhile (fine), or a server that answered without the content (an error)
+            with self._errors("reading from"):
+                still = {int(u) for u in self.client.search(["UID", ",".join(map(str, missing))])}
+            if still & set(missing):
+                raise IMAPClientError(f"the server sent no content for UID {min(still & set(missing))}")
         return out
 
     # -- waiting for mail -------------------------------------------------------------------------
@@ -252,7 +261,9 @@ class ImapConnection:
             raise self._connect_error(doing, exc) from None
 
     def _connect_error(self, doing: str, exc: BaseException) -> MailConnectError:
-        return MailConnectError(f"{doing} {self.where} failed: {self._scrub(describe(exc))}")
+        err = MailConnectError(f"{doing} {self.where} failed: {self._scrub(describe(exc))}")
+        err.server_closed = isinstance(exc, IMAPClientAbortError)
+        return err
 
     def _scrub(self, text: str) -> str:
         """Belt and braces: a password never appears in a message, whatever a server or library said."""

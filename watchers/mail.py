@@ -314,10 +314,11 @@ class MailWatcher:
         wanted = [u for u in wanted if u not in errors]
         try:
             bodies, more = conn.fetch_bodies(wanted)
-        except MailConnectError:
-            for uid in wanted:
-                key = (account.name, folder, uid)
-                self._drops[key] = self._drops.get(key, 0) + 1
+        except MailConnectError as exc:
+            if exc.server_closed:  # the server hung up on these: one of them may be what it cannot send
+                for uid in wanted:
+                    key = (account.name, folder, uid)
+                    self._drops[key] = self._drops.get(key, 0) + 1
             raise
         errors.update(more)
         entries: list[tuple[int, dict[str, Any]]] = []
