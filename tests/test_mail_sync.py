@@ -214,7 +214,7 @@ def test_missing_folder_is_reported_and_the_others_still_sync(imap_server: Dovec
     w = env.watcher(acct)
     report = w.sync_once(acct)
     assert report["queued"] == 1
-    assert len(report["errors"]) == 1 and "cannot open folder 'Nope' of work" in report["errors"][0]
+    assert report["errors"] == ["cannot open folder 'Nope' of work: Mailbox doesn't exist: Nope (folders there: INBOX)"]
     h = env.health_of()
     assert h["state"] == UNHEALTHY and "Nope" in h["last_error"]
     states = {r["folder"]: r for r in folder_status(env.catalog)}

@@ -9,6 +9,7 @@ socket and TLS error leaves as one of three exceptions, each with one clear line
 from __future__ import annotations
 
 import contextlib
+import re
 import select
 import socket
 import ssl
@@ -21,6 +22,8 @@ from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginEr
 
 from kb.errors import KbError
 from kb.settings import MailAccount
+
+_TIMING = re.compile(r"\s*\(\d+\.\d+( \+ \d+\.\d+)* secs\)\.?$")
 
 
 class MailError(KbError):
@@ -146,8 +149,9 @@ class ImapConnection:
         except (IMAPClientAbortError, OSError) as exc:
             raise self._connect_error("reading from", exc) from None
         except IMAPClientError as exc:
+            reason = self._scrub(_text(exc)).removeprefix("select failed: ")
             raise MailFolderError(
-                f"cannot open folder {folder!r} of {self.account.name}: {self._scrub(_text(exc))}"
+                f"cannot open folder {folder!r} of {self.account.name}: {reason}{self._folders_hint()}"
             ) from None
         uidvalidity = info.get(b"UIDVALIDITY")
         if uidvalidity is None:
@@ -156,6 +160,15 @@ class ImapConnection:
         next_uid = info.get(b"UIDNEXT")
         messages = int(info.get(b"EXISTS", 0))
         return FolderInfo(folder, int(uidvalidity), messages, None if next_uid is None else int(next_uid))
+
+    def _folders_hint(self) -> str:
+        """' (folders there: …)': what a person needs to correct a folder name."""
+        try:
+            names = sorted(str(f[2]) for f in self.client.list_folders())
+        except Exception:  # only a hint: the error it accompanies matters more
+            return ""
+        more = f", … ({len(names)} in all)" if len(names) > 12 else ""
+        return f" (folders there: {', '.join(names[:12])}{more})" if names else ""
 
     def sizes_after(self, last_uid: int) -> dict[int, int]:
         """UID -> size (RFC822.SIZE) of every message in the selected folder with a UID above last_uid.
@@ -301,6 +314,7 @@ def _text(value: object) -> str:
     text = str(value)
     if text.startswith("b'") and text.endswith("'"):  # imaplib puts repr(bytes) in some messages
         text = text[2:-1]
+    text = _TIMING.sub("", text)  # Dovecot's "(0.001 + 0.000 secs)." says nothing to a person
     return " ".join(text.split())[:300]
 
 
