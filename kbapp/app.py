@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ingest.handlers import ForgetHandler, IngestHandler, ScanHandler
 from ingest.parsers.base import ParserRegistry
@@ -32,8 +32,10 @@ from kb.paths import absolute, display, to_uri
 from kb.settings import Settings
 from kbapp.runner import Runner
 from retrieval.search import Searcher, where_clause
-from watchers.health import HealthBoard
-from watchers.mail import MailWatcher
+
+if TYPE_CHECKING:  # the IMAP client loads only when mail is wanted
+    from watchers.health import HealthBoard
+    from watchers.mail import MailWatcher
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +179,8 @@ class App:
 
     def mail_watcher(self, health: HealthBoard) -> MailWatcher:
         """The IMAP sync of every configured account (the service starts and stops it)."""
+        from watchers.mail import MailWatcher
+
         s = self.settings
         return MailWatcher(
             s.mail, self.catalog, self.jobs, self.mail_blobs, health,
