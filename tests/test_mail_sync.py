@@ -240,6 +240,21 @@ def test_idle_queues_new_mail_within_seconds_and_stops_promptly(imap_server: Dov
     assert env.health_of()["state"] == "stopped"
 
 
+def test_server_restart_during_idle_is_noticed_and_mail_still_arrives(imap_server: Dovecot, env: Env) -> None:
+    acct = account(imap_server)
+    w = env.watcher(acct)
+    w.start()
+    wait_for(lambda: env.health_of()["last_sync"], what="the first sync")
+    time.sleep(0.3)  # in IDLE now
+    imap_server.restart()
+    h = wait_for(lambda: env.health_of()["last_error"] and env.health_of(), what="the dropped connection noticed")
+    assert h["last_error"] == f"127.0.0.1:{imap_server.port} closed the connection"
+    wait_for(lambda: env.health_of()["state"] == OK, what="reconnected")
+    imap_server.append("INBOX", sample_messages(big_bytes=10)["plain"])
+    wait_for(lambda: env.mail_jobs(), timeout_s=5, what="mail after the restart")
+    assert w.stopping is False
+
+
 def test_polling_without_idle(imap_server: Dovecot, env: Env) -> None:
     # the settings allow 5 s at least; a copy skips that check to keep the test short
     acct = account(imap_server, idle=False).model_copy(update={"poll_interval_s": 1.0})
