@@ -93,7 +93,10 @@ class ImapConnection:
                 with self._errors("starting TLS with"):
                     client.starttls(context)
             if b"LOGINDISABLED" in self._capabilities():
-                raise MailConnectError(f"{self.where} refuses to log in over this connection (LOGINDISABLED)")
+                raise MailConnectError(
+                    f"{self.where} refuses to log in over an unencrypted connection (LOGINDISABLED): "
+                    "use security 'starttls' or 'tls'"
+                )
             password = a.password.get_secret_value() if a.password is not None else ""
             try:
                 client.login(a.username, password)
