@@ -348,6 +348,16 @@ def test_wrong_password_is_reported_not_retried_in_a_tight_loop(
     assert secret not in str(env.catalog._query("SELECT * FROM mail_folders")[0]["last_error"])
 
 
+def test_a_non_ascii_password_logs_in() -> None:
+    if not available():
+        pytest.skip("Dovecot is not installed (/usr/sbin/dovecot; Debian package dovecot-imapd)")
+    with Dovecot(password="Grüße-aus-Köln") as server:
+        acct = MailAccount(name="utf8", host="127.0.0.1", port=server.port, security="none", username=server.user,
+                           password=SecretStr(server.password))
+        with ImapConnection(acct) as conn:
+            assert conn.select("INBOX").messages == 0
+
+
 def test_connection_errors_are_one_clear_line(imap_server: Dovecot) -> None:
     acct = account(imap_server)
     imap_server.stop()

@@ -99,7 +99,15 @@ class ImapConnection:
                 )
             password = a.password.get_secret_value() if a.password is not None else ""
             try:
-                client.login(a.username, password)
+                if a.username.isascii() and password.isascii():
+                    client.login(a.username, password)
+                elif b"AUTH=PLAIN" in self._capabilities():  # LOGIN cannot carry non-ASCII; SASL PLAIN is UTF-8
+                    client.plain_login(a.username, password)
+                else:
+                    raise MailAuthError(
+                        f"login failed for user {a.username!r} at {self.where}: the user name or password has "
+                        "non-ASCII characters, and this server offers no login method that can send them"
+                    )
             except LoginError as exc:
                 reason = self._scrub(_text(exc))
                 if "UNAVAILABLE" in reason.upper():  # [UNAVAILABLE]: the server's auth backend is down
