@@ -41,8 +41,9 @@ SLOW_LANE = 2_000  # bytes: the attachment message goes to the slow lane
 def account(server: Dovecot, *, password: str | None = None, folders: list[str] | None = None,
             **kw: Any) -> MailAccount:
     kw.setdefault("security", "none")
+    kw.setdefault("name", "work")
     return MailAccount(
-        name="work", host="127.0.0.1", port=server.port, username=server.user,
+        host="127.0.0.1", port=server.port, username=server.user,
         password=SecretStr(password or server.password), folders=folders or ["INBOX"], tag="job", **kw,
     )
 
@@ -331,9 +332,11 @@ def test_wrong_password_is_reported_not_retried_in_a_tight_loop(
 ) -> None:
     secret = "WrongHorse-Battery-9"
     acct = account(imap_server, password=secret)
+    good = account(imap_server, name="other")
+    imap_server.append("INBOX", sample_messages(big_bytes=10)["plain"])
     caplog.set_level(logging.DEBUG)
     # Dovecot answers repeated failures slowly (an auth penalty of seconds): a timeout that allows for it
-    w = env.watcher(acct, auth_retry_s=600, timeout_s=20)
+    w = env.watcher(acct, good, auth_retry_s=600, timeout_s=20)
     w.start()
     h = wait_for(lambda: env.health_of()["state"] == UNHEALTHY and env.health_of(), what="the login failure")
     assert h["last_error"] == (
@@ -341,6 +344,9 @@ def test_wrong_password_is_reported_not_retried_in_a_tight_loop(
         "[AUTHENTICATIONFAILED] Authentication failed."
     )
     assert h["detail"]["retry_at"] > time.time() + 500
+    # the other account is not held up by this one
+    wait_for(lambda: env.health_of("other")["state"] == OK, what="the other account synced")
+    assert [j.payload["account"] for j in env.mail_jobs().values()] == ["other"]
     time.sleep(1.5)
     assert imap_server.log.count("auth failed") == 1, imap_server.log  # one try, then a long wait: no tight loop
     w.stop()
