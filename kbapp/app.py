@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ingest.handlers import ForgetHandler, IngestHandler, ScanHandler
 from ingest.moves import MoveHandler
@@ -36,6 +36,10 @@ from kbapp.runner import Runner
 from retrieval.search import Searcher, where_clause
 from watchers.folders import FolderWatcher
 from watchers.health import HealthBoard
+
+if TYPE_CHECKING:  # the IMAP client loads only when mail is wanted
+    from watchers.health import HealthBoard
+    from watchers.mail import MailWatcher
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +200,21 @@ class App:
     @cached_property
     def searcher(self) -> Searcher:
         return Searcher(self.catalog, self.index, self.embedder)
+
+    @cached_property
+    def mail_blobs(self) -> BlobStore:
+        """Raw mail messages as fetched (content-addressed), to show, re-parse and take attachments from."""
+        return BlobStore(self.settings.blobs_dir / "mail", ".eml")
+
+    def mail_watcher(self, health: HealthBoard) -> MailWatcher:
+        """The IMAP sync of every configured account (the service starts and stops it)."""
+        from watchers.mail import MailWatcher
+
+        s = self.settings
+        return MailWatcher(
+            s.mail, self.catalog, self.jobs, self.mail_blobs, health,
+            max_message_bytes=int(s.mail_max_message_mb * 2**20), slow_lane_bytes=int(s.slow_lane_mb * 2**20),
+        )
 
     def handlers(self) -> dict[str, Any]:
         return {

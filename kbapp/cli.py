@@ -483,6 +483,52 @@ def watch(obj: Context, scan_interval: float | None) -> None:
         app.close()
 
 
+@main.group()
+def mail() -> None:
+    """IMAP mail accounts (settings 'mail')."""
+
+
+@mail.command("test")
+@click.argument("account", required=False)
+@click.pass_obj
+@_errors
+def mail_test(obj: Context, account: str | None) -> None:
+    """Check mail accounts (all, or ACCOUNT): connect, log in, open each folder read-only, count new mail.
+
+    Changes nothing, on the server or in the library; works whether or not the service runs.
+    """
+    from watchers.mail import check_account, read_folder_states
+
+    s = _settings_or_exit(obj)
+    if not s.mail:
+        click.echo("kb: no mail accounts configured (add a [[mail]] table to kb.toml)", err=True)
+        sys.exit(1)
+    accounts = [a for a in s.mail if account is None or a.name == account]
+    if not accounts:
+        names = ", ".join(a.name for a in s.mail)
+        click.echo(f"kb: no mail account named {account!r} (configured: {names})", err=True)
+        sys.exit(1)
+    known = read_folder_states(s.catalog_path)
+    bad = False
+    for a in accounts:
+        r = check_account(a, known)
+        if r.error is not None:
+            click.echo(f"{a.name}: {r.error}")
+            bad = True
+            continue
+        wait = "IDLE" if r.idle and a.idle else f"polling every {a.poll_interval_s:g} s"
+        if a.idle and not r.idle:
+            wait += " (the server does not offer IDLE)"
+        click.echo(f"{a.name}: logged in to {r.where} as {a.username} ({a.security}); new mail by {wait}")
+        for f in r.folders:
+            if f.error is not None:
+                click.echo(f"  {f.folder}: {f.error}")
+                bad = True
+            else:
+                click.echo(f"  {f.folder}: {f.messages} messages, {f.new} new to kb")
+    sys.exit(1 if bad else 0)
+
+
 @main.command()
 @click.pass_context
 def run(ctx: click.Context) -> None:

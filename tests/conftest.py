@@ -65,3 +65,14 @@ def kb_env(data_dir: Path, **extra: str) -> dict[str, str]:
 
 
 KB = str(Path(sys.executable).parent / "kb")
+
+
+@pytest.fixture
+def imap_server() -> Iterator[Any]:
+    """A real Dovecot on 127.0.0.1 (generated config, Maildir, one user), stopped and removed afterwards."""
+    import dovecot
+
+    if not dovecot.available():
+        pytest.skip(f"Dovecot is not installed ({dovecot.DOVECOT}; Debian package dovecot-imapd)")
+    with dovecot.Dovecot() as server:
+        yield server
