@@ -43,11 +43,12 @@ def iso_from_ns(mtime_ns: int | None) -> str | None:
     return datetime.fromtimestamp(mtime_ns / 1e9).isoformat(timespec="seconds") if mtime_ns else None
 
 
-def chunk_metadata(doc: DocumentRecord, chunk: ChunkRecord, source_type: str = "file") -> Metadata:
+def chunk_metadata(doc: DocumentRecord, chunk: ChunkRecord) -> Metadata:
     """Chroma metadata for filtering: a copy of catalog facts (kept current by `Store.refresh_metadata`)."""
     md: Metadata = {
         "doc_id": doc.id, "kind": doc.kind, "file_type": doc.file_type, "path": doc.paths[0] if doc.paths else "",
-        "source_type": source_type, "added_ts": int(doc.added_at), "seq": chunk.seq, "ocr": chunk.ocr,
+        "source_type": doc.source_types[0] if doc.source_types else "file", "added_ts": int(doc.added_at),
+        "seq": chunk.seq, "ocr": chunk.ocr,
         # the first source's tag; "" when untagged, so a tag that went away is overwritten, not left behind
         "tag": (doc.tags[0] if doc.tags else None) or "",
     }
@@ -141,6 +142,7 @@ class Store:
             return []
         if not doc.paths:
             doc.paths, doc.tags = [ln.uri for ln in links[:1]], [ln.tag for ln in links[:1]]
+            doc.source_types = [ln.source_type for ln in links[:1]]
         chunks = self.catalog.chunks_of(doc_id)
         if chunks:
             self._upsert(doc, chunks, vectors, progress, should_stop)

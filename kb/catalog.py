@@ -74,6 +74,7 @@ class DocumentRecord:
     paths: list[str] = field(default_factory=list)
     pipeline_version: str | None = None
     tags: list[str | None] = field(default_factory=list)  # the tag of each source, in the order of paths
+    source_types: list[str] = field(default_factory=list)  # file | mail | attachment, in the order of paths
 
 
 @dataclass(frozen=True)
@@ -415,9 +416,10 @@ class Catalog:
         if not rows:
             return None
         doc = _document(rows[0])
-        for r in self._query("SELECT uri, tag FROM sources WHERE doc_id=? ORDER BY id", (doc_id,)):
+        for r in self._query("SELECT uri, tag, source_type FROM sources WHERE doc_id=? ORDER BY id", (doc_id,)):
             doc.paths.append(r["uri"])
             doc.tags.append(r["tag"])
+            doc.source_types.append(r["source_type"])
         return doc
 
     def documents(self, doc_ids: Iterable[int]) -> dict[int, DocumentRecord]:
@@ -429,10 +431,11 @@ class Catalog:
             for r in self._query(f"SELECT * FROM documents WHERE id IN ({marks})", part):
                 out[r["id"]] = _document(r)
             for r in self._query(
-                f"SELECT doc_id, uri, tag FROM sources WHERE doc_id IN ({marks}) ORDER BY id", part
+                f"SELECT doc_id, uri, tag, source_type FROM sources WHERE doc_id IN ({marks}) ORDER BY id", part
             ):
                 out[r["doc_id"]].paths.append(r["uri"])
                 out[r["doc_id"]].tags.append(r["tag"])
+                out[r["doc_id"]].source_types.append(r["source_type"])
         return out
 
     def document_ids_with_status(self, *statuses: str) -> list[int]:

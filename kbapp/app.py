@@ -27,7 +27,7 @@ from kb.catalog import Catalog
 from kb.embedding import Embedder, SentenceTransformerEmbedder
 from kb.errors import IndexMismatchError, KbError
 from kb.index import VectorIndex, VectorStore
-from kb.jobs import FAILED, HELD, LANE_FAST, LANE_MAINT, LANE_SLOW, QUEUED, RUNNING, JobQueue
+from kb.jobs import DONE, FAILED, HELD, LANE_FAST, LANE_MAINT, LANE_SLOW, QUEUED, RUNNING, JobQueue
 from kb.models import offline_environment
 from kb.paths import absolute, display, to_uri
 from kb.settings import Settings
@@ -206,13 +206,13 @@ class App:
         """Raw mail messages as fetched (content-addressed), to show, re-parse and take attachments from."""
         return BlobStore(self.settings.blobs_dir / "mail", ".eml")
 
-    def mail_watcher(self, health: HealthBoard) -> MailWatcher:
+    def mail_watcher(self, health: HealthBoard | None = None) -> MailWatcher:
         """The IMAP sync of every configured account (the service starts and stops it)."""
         from watchers.mail import MailWatcher
 
         s = self.settings
         return MailWatcher(
-            s.mail, self.catalog, self.jobs, self.mail_blobs, health,
+            s.mail, self.catalog, self.jobs, self.mail_blobs, health or self.health,
             max_message_bytes=int(s.mail_max_message_mb * 2**20), slow_lane_bytes=int(s.slow_lane_mb * 2**20),
         )
 
@@ -220,7 +220,7 @@ class App:
         return {
             "ingest": IngestHandler(
                 self.catalog, self.store, self.registry, max_file_bytes=self.settings.max_file_bytes,
-                jobs=self.jobs, mail_blobs=BlobStore(self.settings.blobs_dir / "mail", ".eml"),
+                jobs=self.jobs, mail_blobs=self.mail_blobs,
                 parts=BlobStore(self.settings.blobs_dir / "parts"),
                 slow_lane_bytes=int(self.settings.slow_lane_mb * 2**20),
             ),
@@ -422,11 +422,26 @@ class App:
         ][:20]
         stats["held"] = stats["jobs"].get(HELD, 0)
         stats["watch"] = self.watch_health()
+        from watchers.mail import folder_status
+
+        stats["mail_folders"] = folder_status(self.catalog)
         for f in stats["failures"]:
             f["path"] = display(f["path"])
         for w in stats["warnings"]:
             w["path"] = display(w["path"])
         return stats
+
+    def live_summary(self) -> dict[str, Any]:
+        """What `kb watch`'s status line shows: the queue, the last finished job, failures, watcher health."""
+        counts = self.jobs.counts()
+        last = next(iter(self.jobs.jobs([DONE, FAILED], limit=1)), None)
+        return {
+            "queued": counts.get(QUEUED, 0), "running": counts.get(RUNNING, 0), "failed": counts.get(FAILED, 0),
+            "last": None if last is None else {
+                "at": last.updated_at, "outcome": last.outcome or last.state, "path": last.uri or last.key,
+            },
+            "watch": self.watch_health(),
+        }
 
     def check(self) -> None:
         """Open the index now, so an unreachable Chroma is reported at start. A model mismatch is not fatal

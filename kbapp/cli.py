@@ -327,7 +327,11 @@ def search(obj: Context, query: tuple[str, ...], k: int, file_type: str | None, 
         sim = f" sim {h['similarity']:.2f}" if h["similarity"] is not None else ""
         click.echo(click.style(f"{i}. {_display(h['title']) or '(untitled)'}", bold=True)
                    + f"  [{', '.join(place) or h['file_type']}] score {h['score']:.4f}{sim}")
-        click.echo(f"   {h['path'] or ''}")
+        click.echo(f"   {h['path'] or ''}" + (f"  [{h['tag']}]" if h.get("tag") else ""))
+        if h.get("message"):
+            m = h["message"]
+            sender = f" from {_display(m.get('from'))}" if m.get("from") else ""
+            click.echo(f"   attached to: {_display(m.get('subject')) or '(no subject)'}{sender}")
         if h["section"]:
             click.echo(f"   § {_display(h['section'])}")
         click.echo(f"   {_display(h['snippet'])}\n")
@@ -377,7 +381,7 @@ def status(obj: Context, as_json: bool) -> None:
 
 def _print_status(stats: dict[str, Any]) -> None:
     click.echo(f"library: {stats['data_dir']} (service {stats['service']})")
-    click.echo(f"  {stats['documents']} documents, {stats['chunks']} chunks, from {stats['sources']} files")
+    click.echo(f"  {stats['documents']} documents, {stats['chunks']} chunks, from {stats['sources']} sources")
     if stats["documents_by_kind"]:
         click.echo("  by kind:   " + ", ".join(f"{k} {n}" for k, n in stats["documents_by_kind"].items()))
     if stats["documents_by_type"]:
@@ -450,14 +454,16 @@ def held(obj: Context, confirm: bool, discard: bool) -> None:
     "--scan-interval", type=float, default=None,
     help="Seconds between full rescans of the watched folders (default: setting reconcile_interval_s; 0: never).",
 )
+@click.option("--quiet", "-q", is_flag=True, help="No live status line (queue, last event, errors).")
 @click.pass_obj
 @_errors
-def watch(obj: Context, scan_interval: float | None) -> None:
+def watch(obj: Context, scan_interval: float | None, quiet: bool) -> None:
     """Run the service: own the library, ingest the inbox folders as they change, answer other kb commands."""
     from kb.lock import holder, try_lock
     from kbapp.app import App
     from kbapp.client import Client
     from kbapp.service import run_service
+    from kbapp.statusline import LiveLine
 
     s = _settings_or_exit(obj)
     said = False
@@ -478,7 +484,8 @@ def watch(obj: Context, scan_interval: float | None) -> None:
         time.sleep(0.2)
     app = App(s)
     try:
-        run_service(app, lock, scan_interval_s=scan_interval, echo=click.echo)
+        run_service(app, lock, scan_interval_s=scan_interval, echo=click.echo,
+                    live=None if quiet else LiveLine(sys.stderr))
     finally:
         app.close()
 
@@ -533,7 +540,7 @@ def mail_test(obj: Context, account: str | None) -> None:
 @click.pass_context
 def run(ctx: click.Context) -> None:
     """Same as `kb watch`: the service on the configured folders."""
-    ctx.invoke(watch)
+    ctx.invoke(watch, scan_interval=None, quiet=False)
 
 
 @main.command("config")

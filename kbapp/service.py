@@ -20,6 +20,7 @@ from types import FrameType
 from kb.lock import WriteLock
 from kb.paths import absolute, to_uri
 from kbapp.app import App
+from kbapp.statusline import LiveLine
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,8 @@ class Owner:
 
 
 def run_service(
-    app: App, lock: WriteLock, *, scan_interval_s: float | None = None, echo: Callable[[str], None]
+    app: App, lock: WriteLock, *, scan_interval_s: float | None = None, echo: Callable[[str], None],
+    live: LiveLine | None = None,
 ) -> None:
     """`kb watch`: mirror the inbox folders until SIGTERM/SIGINT.
 
@@ -102,6 +104,7 @@ def run_service(
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     owner = Owner(app, lock, role="service")
     watcher = None
+    mail = None
     try:
         app.warm_up()  # the model and a parser process load now, not inside the first person's request
         app.start_workers()
@@ -117,17 +120,35 @@ def run_service(
         modes = watcher.modes()
         echo("kb: watching " + ", ".join(f"{p} ({modes.get(p) or 'unavailable'})" for p in modes)
              + f" (pid {os.getpid()}); Ctrl-C stops")
+        if app.settings.mail:
+            mail = app.mail_watcher()
+            mail.start()
+            echo("kb: reading mail from " + ", ".join(
+                f"{a.name} ({a.username}@{a.host}: {', '.join(a.folders)})" for a in app.settings.mail))
         interval = app.settings.reconcile_interval_s if scan_interval_s is None else scan_interval_s
         next_scan = time.monotonic()
         while not stop.is_set():
             if time.monotonic() >= next_scan:
                 app.submit_scan(inbox, key="scan:inbox")
                 next_scan = time.monotonic() + interval if interval > 0 else float("inf")
-            stop.wait(max(0.05, min(5.0, next_scan - time.monotonic())))
+            if live is not None:
+                try:
+                    live.show(app.live_summary())
+                except Exception as exc:  # the status line is a nicety: never the reason the service stops
+                    log.debug("status line: %s", exc)
+            stop.wait(max(0.05, min(1.0 if live is not None else 5.0, next_scan - time.monotonic())))
+        if live is not None:
+            live.clear()
         echo("kb: stopping: finishing or requeueing work in flight")
+        if mail is not None:
+            mail.stop()
         watcher.stop()
         app.stop_workers(grace_s=10.0)
     finally:
+        if live is not None:
+            live.clear()
+        if mail is not None:
+            mail.stop()
         if watcher is not None:
             watcher.stop()
         owner.close()
