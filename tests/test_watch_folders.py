@@ -21,8 +21,10 @@ from kb.embedding import HashEmbedder
 from kb.paths import ignored
 from kb.settings import DEFAULT_IGNORE, WatchedFolder
 from kbapp.app import App
-from watchers.folders import FolderWatcher, Settler, filesystem_type
+from watchers.folders import FolderWatcher
 from watchers.health import HealthBoard
+from watchers.mounts import filesystem_type
+from watchers.settle import Settler
 
 T = TypeVar("T")
 
