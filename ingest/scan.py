@@ -42,6 +42,7 @@ class ScanReport:
     errors: list[dict[str, str]] = field(default_factory=list)
     removed: int = 0
     moved: int = 0
+    retagged: int = 0
     held: int = 0
     held_roots: list[str] = field(default_factory=list)
 
@@ -113,6 +114,11 @@ class Scanner:
                     report.still_failing.append({"path": display(uri), "error": src.error})
                 else:
                     report.unchanged += 1
+                    tag = self.tag_for(f.path)
+                    if src.tag != tag and src.doc_id is not None:
+                        # the folder's tag changed in the settings: a move onto itself retags, embeds nothing
+                        pending.append(("move", uri, LANE_FAST, {"to": uri, "tag": tag}))
+                        report.retagged += 1
                 continue
             if src is None:
                 new_files[len(pending)] = f

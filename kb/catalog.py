@@ -344,10 +344,13 @@ class Catalog:
         now = time.time()
         with self.transaction() as db:
             for old, new in renames.items():
-                if old == new:
-                    continue
                 row = db.execute("SELECT id, doc_id, parent_uri FROM sources WHERE uri=?", (old,)).fetchone()
                 if row is None:
+                    continue
+                if old == new:  # not moved, only its tag changes (the folder's tag changed in the settings)
+                    db.execute("UPDATE sources SET tag=?, updated_at=? WHERE id=?", (tag, now, row["id"]))
+                    if row["doc_id"] is not None:
+                        touched.add(row["doc_id"])
                     continue
                 target = db.execute("SELECT id, doc_id FROM sources WHERE uri=?", (new,)).fetchone()
                 if target is not None:

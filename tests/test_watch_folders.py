@@ -624,3 +624,19 @@ def test_move_job_falls_back_when_the_file_changed_on_the_way(make_app: AppFacto
         assert app.catalog.stats()["documents"] == 1
     finally:
         app.stop_workers(grace_s=5)
+
+
+def test_a_folder_tag_changed_in_the_settings_retags_at_the_next_scan(
+    mirror: Callable[..., Mirror], tmp_path: Path
+) -> None:
+    m = mirror([{"path": "inbox", "tag": "old"}])
+    a = note(tmp_path / "inbox" / "a.txt", "lighthouse")
+    assert m.matches()[str(a)][1] == "old"
+    doc, embedded = m.doc(a), m.emb.embedded
+    m.stop()
+    m2 = mirror([{"path": "inbox", "tag": "new"}], data_dir=m.app.settings.data_dir)
+    m2.app.submit_scan([str(tmp_path / "inbox")], key="scan:inbox")  # the service's catch-up scan
+    wait_for("the new tag", lambda: m2.library().get(str(a)) == (doc, "new"), why=m2.library)
+    assert m2.emb.embedded == 0 and m.emb.embedded == embedded  # nothing embedded again
+    assert m2.vector_meta(a)["tag"] == "new"
+    assert m2.app.search("lighthouse", k=1, tag="new")[0]["path"] == str(a)
