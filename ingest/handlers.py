@@ -369,9 +369,12 @@ class ForgetHandler:
 class ScanHandler:
     """`scan`: walk files and folders and queue a job for each change (into the requester's batch)."""
 
-    def __init__(self, scanner: Scanner, jobs: Any) -> None:
+    def __init__(
+        self, scanner: Scanner, jobs: Any, on_scanned: Callable[[list[Path]], None] | None = None
+    ) -> None:
         self.scanner = scanner
         self.jobs = jobs
+        self.on_scanned = on_scanned  # e.g. the watched folders' "last sync" on the health board
 
     def __call__(self, job: Job, ctx: JobContext) -> JobResult:
         p = job.payload
@@ -386,5 +389,7 @@ class ScanHandler:
             self.jobs.update_batch(p["batch"], info)
         log.info("scanned %s: %d files, %d queued", ", ".join(display(str(x)) for x in paths), report.files,
                  report.queued)
+        if self.on_scanned is not None:
+            self.on_scanned(paths)
         return Done("scanned")
 

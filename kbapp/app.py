@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from functools import cached_property
 from pathlib import Path
@@ -193,6 +194,13 @@ class App:
         for p in paths:  # one job per folder: asking again while one is queued does not queue it twice
             self.submit_scan([p], key=f"scan:{to_uri(absolute(Path(p)))}")
 
+    def _scanned(self, paths: list[Path]) -> None:
+        """A full scan of a watched folder is its 'last sync' (it compared the whole folder with the library)."""
+        done = {absolute(p) for p in paths}
+        for folder in self.settings.inbox:
+            if absolute(folder.path) in done and self.health.known("folder", str(folder.path)):
+                self.health.update("folder", str(folder.path), last_sync=time.time())
+
     def watch_health(self) -> list[dict[str, Any]]:
         """What the watchers report: each folder's (and mail account's) state, mode and last error."""
         return self.health.snapshot()
@@ -226,7 +234,7 @@ class App:
             ),
             "forget": ForgetHandler(self.catalog, self.store),
             "move": MoveHandler(self.catalog, self.store, self.scanner),
-            "scan": ScanHandler(self.scanner, self.jobs),
+            "scan": ScanHandler(self.scanner, self.jobs, on_scanned=self._scanned),
             "repair": RepairHandler(self.catalog, self.store),
             "reindex": ReindexHandler(self.catalog, lambda: self.vectors, self.embedder, self.store, self._swap_index),
         }

@@ -155,6 +155,10 @@ def test_create_modify_delete(mirror: Callable[..., Mirror], tmp_path: Path) -> 
     assert m.app.catalog.chunk_count() == 0 and m.app.index().count() == 0
     health = {h["name"]: h for h in m.app.status()["watch"]}
     assert health[str(tmp_path / "inbox")]["state"] == "ok" and health[str(tmp_path / "inbox")]["mode"] == "events"
+    assert health[str(tmp_path / "inbox")]["last_event"] and not health[str(tmp_path / "inbox")]["last_sync"]
+    m.app.submit_scan([str(tmp_path / "inbox")], key="scan:inbox")  # the service's reconciliation scan
+    wait_for("the scan to count as the folder's last sync",
+             lambda: {h["name"]: h for h in m.app.status()["watch"]}[str(tmp_path / "inbox")]["last_sync"])
 
 
 def test_tag_filter_through_the_api(mirror: Callable[..., Mirror], tmp_path: Path) -> None:

@@ -60,6 +60,11 @@ class HealthBoard:
             elif fields.get("state") == OK:
                 h.last_error = None
 
+    def known(self, kind: str, name: str) -> bool:
+        """Whether a watcher reports on this (a one-off command's scan must not invent a watched folder)."""
+        with self._lock:
+            return (kind, name) in self._items
+
     def event(self, kind: str, name: str) -> None:
         self.update(kind, name, last_event=time.time())
 
