@@ -24,7 +24,7 @@ from ingest.reindex import ReindexHandler, drop_stale_collections
 from ingest.scan import Scanner
 from ingest.store import Store
 from kb.blobs import BlobStore
-from kb.catalog import Catalog
+from kb.catalog import Catalog, DocumentRecord
 from kb.embedding import Embedder, SentenceTransformerEmbedder
 from kb.errors import IndexMismatchError, KbError
 from kb.index import VectorIndex, VectorStore
@@ -34,11 +34,13 @@ from kb.paths import absolute, display, to_uri
 from kb.settings import Settings
 from kbapp.folders import FolderJobs, tagger
 from kbapp.runner import Runner
+from kbapp.summaries import AfterIngest, SummarizeHandler, meetings, queue_summary
 from retrieval.search import Searcher, where_clause
 from watchers.folders import FolderWatcher
 from watchers.health import HealthBoard
 
 if TYPE_CHECKING:  # the IMAP client loads only when mail is wanted
+    from kb.llm import LanguageModel
     from watchers.health import HealthBoard
     from watchers.mail import MailWatcher
 
@@ -48,7 +50,9 @@ log = logging.getLogger(__name__)
 class App:
     """Holds the long-lived components of one kb instance. Heavy pieces are built on first use."""
 
-    def __init__(self, settings: Settings, embedder: Embedder | None = None) -> None:
+    def __init__(
+        self, settings: Settings, embedder: Embedder | None = None, llm: LanguageModel | None = None
+    ) -> None:
         offline_environment()
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -57,6 +61,7 @@ class App:
             self.catalog, retry_base_s=settings.job_retry_base_s, max_attempts=settings.job_max_attempts
         )
         self._embedder = embedder
+        self._llm = llm
         self._index: VectorIndex | None = None
         self._index_lock = threading.Lock()
         self._runner: Runner | None = None
@@ -89,6 +94,10 @@ class App:
                 s.embed_model, batch_size=s.embed_batch_size, threads=s.cpu_threads()
             )
         return self._embedder
+
+    def language_model(self) -> LanguageModel | None:
+        """The model that condenses summaries (and answers); None when no usable one is configured."""
+        return self._llm
 
     @cached_property
     def vectors(self) -> VectorStore:
@@ -225,13 +234,14 @@ class App:
         )
 
     def handlers(self) -> dict[str, Any]:
+        ingest = IngestHandler(
+            self.catalog, self.store, self.registry, max_file_bytes=self.settings.max_file_bytes,
+            jobs=self.jobs, mail_blobs=self.mail_blobs, parts=BlobStore(self.settings.blobs_dir / "parts"),
+            slow_lane_bytes=int(self.settings.slow_lane_mb * 2**20),
+        )
         return {
-            "ingest": IngestHandler(
-                self.catalog, self.store, self.registry, max_file_bytes=self.settings.max_file_bytes,
-                jobs=self.jobs, mail_blobs=self.mail_blobs,
-                parts=BlobStore(self.settings.blobs_dir / "parts"),
-                slow_lane_bytes=int(self.settings.slow_lane_mb * 2**20),
-            ),
+            "ingest": AfterIngest(ingest, self.catalog, self.jobs),  # a stored meeting gets its summary queued
+            "summarize": SummarizeHandler(self.catalog, self.store, self.language_model),
             "forget": ForgetHandler(self.catalog, self.store),
             "move": MoveHandler(self.catalog, self.store, self.scanner),
             "scan": ScanHandler(self.scanner, self.jobs, on_scanned=self._scanned),
@@ -327,6 +337,9 @@ class App:
     def reindex(self, *, reparse: bool = False) -> dict[str, Any]:
         return self.run_batch(self.submit_reindex(reparse=reparse))
 
+    def summarize(self, paths: Sequence[Path | str] = (), *, all_meetings: bool = False) -> dict[str, Any]:
+        return self.run_batch(self.submit_summarize([str(p) for p in paths], all_meetings=all_meetings))
+
     # -- the library's operations (the Library protocol) -----------------------------------------
     def submit_ingest(self, paths: Sequence[str], *, force: bool = False, mirror: bool = True) -> str:
         """Queue a scan of files and folders; its jobs join the returned batch."""
@@ -364,6 +377,31 @@ class App:
                     self.jobs.enqueue(db, "ingest", uri, payload={"force": True}, batch=batch)
         else:
             self.jobs.submit("reindex", key="reindex", lane=LANE_MAINT, batch=batch)
+        return self._adopt(batch)
+
+    def submit_summarize(self, paths: Sequence[str] = (), *, all_meetings: bool = False) -> str:
+        """Remake the summaries of the recordings at these paths (files or folders), or of every meeting.
+
+        Paths that hold no recording are listed in the batch's info as `not_meetings`.
+        """
+        uris = [to_uri(absolute(Path(p))) for p in paths]
+        found_docs: list[DocumentRecord] = meetings(self.catalog) if all_meetings else []
+        not_meetings: list[str] = []
+        for u in uris:
+            found = [s for s in self.catalog.sources_under(u.rstrip("/") + "/").values() if s.doc_id is not None]
+            src = self.catalog.source(u)
+            if src is not None and src.doc_id is not None:
+                found.append(src)
+            docs = self.catalog.documents([s.doc_id for s in found if s.doc_id is not None])
+            here = [d for d in docs.values() if d.kind == "meeting"]
+            if not here:
+                not_meetings.append(display(u))
+            found_docs += here
+        batch = self.jobs.new_batch("summarize", {"paths": [display(u) for u in uris], "all": all_meetings,
+                                                  "not_meetings": not_meetings})
+        with self.jobs.transaction() as db:
+            for doc in {d.id: d for d in found_docs}.values():
+                queue_summary(self.jobs, db, doc.id, doc.paths[0] if doc.paths else None, force=True, batch=batch)
         return self._adopt(batch)
 
     def outdated_sources(self) -> list[str]:

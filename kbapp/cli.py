@@ -298,11 +298,53 @@ def reindex(obj: Context, reparse: bool, as_json: bool, no_wait: bool) -> None:
         click.echo(f"  {_display(f['uri'])}: {f['error']}")
 
 
+@main.command("summarize")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--all", "all_meetings", is_flag=True, help="Every recording in the library.")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--no-wait", is_flag=True, help="Queue the work with the running service and return at once.")
+@click.pass_obj
+@_errors
+def summarize_cmd(obj: Context, paths: tuple[Path, ...], all_meetings: bool, as_json: bool, no_wait: bool) -> None:
+    """(Re)make the summaries of recordings: the files or folders PATHS, or --all.
+
+    A summary (key points, decisions, action items, open questions, each with its time in the recording) is
+    a document of kind `summary`: `kb search --kind summary` finds it.
+    """
+    if not paths and not all_meetings:
+        raise click.UsageError("name recordings (files or folders) or pass --all")
+    started = time.monotonic()
+    lib = obj.library(writes=True)
+    batch = lib.submit_summarize([str(p) for p in paths], all_meetings=all_meetings)
+    if no_wait and obj.owner is None:
+        click.echo(json.dumps({"batch": batch}) if as_json else f"queued (batch {batch})")
+        return
+    state = _follow(obj, lib, batch, quiet=as_json)
+    o = state["outcomes"]
+    out = {
+        "summarized": o.get("summarized", 0), "extractive": o.get("extractive", 0),
+        "failed": [{"path": _display(f["uri"]), "error": f["error"]} for f in state["failures"]],
+        "not_meetings": state["info"].get("not_meetings", []), "seconds": round(time.monotonic() - started, 3),
+    }
+    if as_json:
+        click.echo(json.dumps(out, indent=2, ensure_ascii=False))
+    else:
+        n = out["summarized"] + out["extractive"]
+        how = f" ({out['extractive']} extractive only: no usable language model)" if out["extractive"] else ""
+        click.echo(f"summarized {n} recording{'s' if n != 1 else ''} in {out['seconds']:.1f} s{how}")
+        for p in out["not_meetings"]:
+            click.echo(f"  {p}: no recording in the library there")
+        for f in out["failed"]:
+            click.echo(f"  {f['path']}: {f['error']}")
+    if out["failed"] or (out["not_meetings"] and not (out["summarized"] or out["extractive"])):
+        sys.exit(1)
+
+
 @main.command()
 @click.argument("query", nargs=-1, required=True)
 @click.option("-k", "k", default=5, show_default=True, type=click.IntRange(1, 200), help="Results to show.")
 @click.option("--type", "file_type", help="Only this file type, e.g. pdf.")
-@click.option("--kind", type=click.Choice(["document", "scan", "meeting", "mail"]), help="Only this kind.")
+@click.option("--kind", type=click.Choice(["document", "scan", "meeting", "mail", "summary"]), help="Only this kind.")
 @click.option("--tag", help="Only documents from the watched folder (or mail account) with this tag.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj

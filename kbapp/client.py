@@ -81,6 +81,9 @@ class Client:
     def submit_reindex(self, *, reparse: bool = False) -> str:
         return str(self._call("POST", "/reindex", {"reparse": reparse})["batch"])
 
+    def submit_summarize(self, paths: Sequence[str] = (), *, all_meetings: bool = False) -> str:
+        return str(self._call("POST", "/summarize", {"paths": list(paths), "all": all_meetings})["batch"])
+
     def batch(self, batch: str) -> dict[str, Any] | None:
         return dict(self._call("GET", f"/batches/{batch}"))
 

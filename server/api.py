@@ -36,6 +36,8 @@ class Library(Protocol):
 
     def submit_reindex(self, *, reparse: bool = False) -> str: ...
 
+    def submit_summarize(self, paths: Sequence[str] = (), *, all_meetings: bool = False) -> str: ...
+
     def batch(self, batch: str) -> dict[str, Any] | None: ...
 
     def retry(self, job_ids: Sequence[int] | None = None) -> dict[str, Any]: ...
@@ -67,6 +69,12 @@ class PathsRequest:
 @dataclass
 class ReindexRequest:
     reparse: bool = False
+
+
+@dataclass
+class SummarizeRequest:
+    paths: list[str] = field(default_factory=list)
+    all: bool = False  # every meeting in the library
 
 
 @dataclass
@@ -119,6 +127,10 @@ def create_api(library: Library) -> Litestar:
     def reindex(data: ReindexRequest) -> dict[str, Any]:
         return {"batch": library.submit_reindex(reparse=data.reparse)}
 
+    @post(f"{API}/summarize", sync_to_thread=True, status_code=202)
+    def summarize(data: SummarizeRequest) -> dict[str, Any]:
+        return {"batch": library.submit_summarize(data.paths, all_meetings=data.all)}
+
     @get(f"{API}/batches/{{batch_id:str}}", sync_to_thread=True)
     def batch(batch_id: str) -> dict[str, Any]:
         state = library.batch(batch_id)
@@ -139,7 +151,9 @@ def create_api(library: Library) -> Litestar:
         return library.held(confirm=data.confirm)
 
     return Litestar(
-        route_handlers=[health, status, search, ingest, forget, reindex, batch, retry, held_list, held_release],
+        route_handlers=[
+            health, status, search, ingest, forget, reindex, summarize, batch, retry, held_list, held_release,
+        ],
         exception_handlers={Exception: _error},
         openapi_config=None,
         logging_config=None,  # the CLI configures logging; Litestar's default would reset it to INFO
