@@ -298,7 +298,8 @@ class IngestHandler:
         if self.jobs is None:
             return
         parent = got.source.uri
-        known = self.catalog.children(parent)
+        # only its attachments: other sources hang off a container too (a recording's summary)
+        known = {u: s for u, s in self.catalog.children(parent).items() if s.source_type == ATTACHMENT}
         wanted: dict[str, AttachmentRef] = {attachment_uri(parent, r.index, r.filename): r for r in refs}
         if missing_only:
             wanted = {u: r for u, r in wanted.items() if u not in known and self.jobs.by_key(f"src:{u}") is None}

@@ -2,8 +2,9 @@
 
 The summary is computed by retrieval.summary and stored through the normal Store (catalog rows, then
 vectors): one chunk per bullet, carrying the bullet's times, so a search hit in a summary points into the
-recording. Its source is `summary:<meeting uri>` with the meeting's source as parent, so forgetting the
-meeting (or the message it came in) forgets the summary. The structured summary (sections, bullets, times,
+recording. Its source is `<meeting uri>#summary` with the meeting's source as parent, so forgetting the
+meeting (or the message it came in) forgets the summary, and moving it moves the summary along (as a
+container's attachments move with it). The structured summary (sections, bullets, times,
 source chunk ids) is kept in the document's meta for the e-mails that will send it.
 
 It lives in the composition root because it joins two layers: retrieval (the summary) and ingest (the store).
@@ -35,7 +36,8 @@ PRIORITY = 1  # after the transcripts waiting in the same lane: searchable recor
 
 
 def summary_uri(meeting_uri: str) -> str:
-    return f"{SUMMARY}:{meeting_uri}"
+    """A summary's source: a part of its recording, as an attachment is a part of its message."""
+    return f"{meeting_uri}#{SUMMARY}"
 
 
 def job_key(doc_id: int) -> str:

@@ -20,7 +20,9 @@ from kbapp.summaries import ACTION, AfterIngest, summary_docs, summary_uri
 from retrieval.summary import ACTIONS, Summary
 
 
-def store_meeting(app: App, path: Path, sentences: list[str] = MEETING, seconds: float = 10.0) -> DocumentRecord:
+def store_meeting(
+    app: App, path: Path, sentences: list[str] = MEETING, seconds: float = 10.0, link: Link | None = None
+) -> DocumentRecord:
     """A transcribed recording in the library, as the audio parser and the store would leave it."""
     chunks, pos = [], 0
     for i in range(0, len(sentences), 2):
@@ -33,7 +35,7 @@ def store_meeting(app: App, path: Path, sentences: list[str] = MEETING, seconds:
                     modified_at=None, meta={"duration_s": len(sentences) * seconds}, text=text, chunks=chunks,
                     parser_version="audio/1+chunker/2")
     h = hashlib.sha256(text.encode()).hexdigest()
-    doc_id, _ = app.store.write(job_id=None, content_hash=h, parsed=parsed, links=[Link(str(path))])
+    doc_id, _ = app.store.write(job_id=None, content_hash=h, parsed=parsed, links=[link or Link(str(path))])
     doc = app.catalog.document(doc_id)
     assert doc is not None
     return doc
@@ -100,6 +102,32 @@ def test_remade_on_demand_with_the_model_replacing_the_old_summary(tmp_path: Pat
         # the same summary again is rewritten in place, not duplicated
         assert app.summarize([tmp_path])["outcomes"] == {"summarized": 1}
         assert [d.id for d in summary_docs(app.catalog, meeting)] == [new.id]
+    finally:
+        app.close()
+
+
+def test_the_summary_moves_with_its_recording(tmp_path: Path) -> None:
+    app = build(tmp_path)
+    try:
+        (tmp_path / "a").mkdir()
+        old, new = tmp_path / "a" / "garden.wav", tmp_path / "b" / "garden-2024.wav"
+        old.write_bytes(b"RIFF fake audio")
+        st = old.stat()
+        meeting = store_meeting(app, old, link=Link(str(old), size=st.st_size, mtime_ns=st.st_mtime_ns))
+        assert app.summarize([old])["outcomes"] == {"extractive": 1}
+        [doc] = summary_docs(app.catalog, meeting)
+        (tmp_path / "a").rename(tmp_path / "b")
+        old.parent.with_name("b").joinpath("garden.wav").rename(new)
+        batch = app.jobs.new_batch("move")
+        app.jobs.submit("move", str(old), payload={"to": str(new)}, batch=batch)
+        assert app.run_batch(batch)["outcomes"] == {"moved": 1}
+
+        src = app.catalog.source(summary_uri(str(new)))
+        assert src is not None and src.parent_uri == str(new) and src.doc_id == doc.id
+        assert app.catalog.source(summary_uri(str(old))) is None
+        hits = app.search("Maria book conference room", k=1, kind="summary")
+        assert hits and hits[0]["path"] == summary_uri(str(new))
+        assert app.forget([new]) == 1 and app.catalog.document(doc.id) is None
     finally:
         app.close()
 
@@ -171,3 +199,23 @@ def test_cli_needs_paths_or_all(tmp_path: Path) -> None:
 
     out = CliRunner().invoke(main, ["--data-dir", str(tmp_path / "data"), "summarize"])
     assert out.exit_code == 2 and "--all" in out.output
+
+
+def test_reading_a_file_again_keeps_the_parts_that_are_not_attachments(tmp_path: Path) -> None:
+    """A changed recording is stored anew; its summary (a child source, but no attachment) is not forgotten for it:
+    the summary job that follows replaces it."""
+    app = build(tmp_path)
+    try:
+        f = tmp_path / "notes.txt"
+        f.write_text("The roof needs repairs before winter.")
+        assert app.ingest([f])["added"] == 1
+        doc_id = app.catalog.source(str(f)).doc_id  # type: ignore[union-attr]
+        assert doc_id is not None
+        app.catalog.link_source(summary_uri(str(f)), "summary", doc_id, content_hash="x", size=None, mtime_ns=None,
+                                status="indexed", parent_uri=str(f))
+        f.write_text("The roof needs repairs before winter, and the gutters too.")
+        report = app.ingest([f])
+        assert report["updated"] == 1 and report["removed"] == 0, report
+        assert app.catalog.source(summary_uri(str(f))) is not None
+    finally:
+        app.close()
