@@ -373,7 +373,8 @@ def search(obj: Context, query: tuple[str, ...], k: int, file_type: str | None, 
         if h.get("message"):
             m = h["message"]
             sender = f" from {_display(m.get('from'))}" if m.get("from") else ""
-            click.echo(f"   attached to: {_display(m.get('subject')) or '(no subject)'}{sender}")
+            what = "summary of" if h["kind"] == "summary" else "attached to"
+            click.echo(f"   {what}: {_display(m.get('subject')) or '(no subject)'}{sender}")
         if h["section"]:
             click.echo(f"   § {_display(h['section'])}")
         click.echo(f"   {_display(h['snippet'])}\n")
