@@ -244,6 +244,10 @@ def _no_progress(stage: str, done: float, total: float | None = None) -> None:
 
 
 _LINE = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])?\s*(?:\[\s*([\d,\s]+)\]\s*[:.-]?\s*)?(.+?)\s*$")
+# A time the model copied from the excerpt's label: "(0:31)", "[1:02:03]" (times come from the sources instead).
+_TIME = re.compile(r"[(\[]?\b\d{1,2}:\d{2}(?::\d{2})?\b[)\]]?")
+# The prompt's own headings: a small model that goes on writing starts a new "Excerpts:" block.
+STOP = ("Excerpts:", "Section:", "Bullets:")
 
 
 class Condenser:
@@ -314,18 +318,20 @@ class Condenser:
         messages = [ChatMessage("system", SYSTEM), ChatMessage("user", user)]
         self.calls += 1
         self.progress("summarizing", self.calls, None)
+        # a condensation is no longer than what it condenses: a model that rambles on is cut short
+        max_tokens = min(self.out_tokens, self.model.count_tokens("\n".join(lines)) + 4 * len(lines) + 16)
         try:
-            reply = "".join(self.model.stream(messages, max_tokens=self.out_tokens, temperature=0.0))
+            reply = "".join(self.model.stream(messages, max_tokens=max_tokens, temperature=0.0, stop=STOP))
         except Exception as exc:  # a model server gone, a broken model file: the sentences stay as said
             log.warning("the language model failed while summarizing: %s", exc)
             self.notes.append(f"{SECTIONS[name]}: the model failed ({type(exc).__name__}: {exc}); "
                               "sentences kept as said.")
             return piece
-        return self._check(reply, piece)
+        return self._check(reply, piece, max_tokens)
 
-    def _check(self, reply: str, piece: list[Bullet]) -> list[Bullet]:
+    def _check(self, reply: str, piece: list[Bullet], max_tokens: int) -> list[Bullet]:
         rows = [ln for ln in reply.splitlines() if ln.strip()]
-        if rows and self.model.count_tokens(reply) >= self.out_tokens - 2:
+        if rows and self.model.count_tokens(reply) >= max_tokens - 2:
             rows = rows[:-1]  # the answer ran out of tokens: its last line may be cut mid-thought
         made: list[Bullet] = []
         covered: set[int] = set()
@@ -333,7 +339,9 @@ class Condenser:
             m = _LINE.match(row)
             if m is None or not m.group(2):
                 continue
-            text = m.group(2).strip().strip('"').strip()
+            text = " ".join(_TIME.sub(" ", m.group(2)).split()).strip('"').strip()
+            if not text:
+                continue
             refs = sorted({int(x) for x in re.findall(r"\d+", m.group(1) or "") if 1 <= int(x) <= len(piece)})
             if not refs:  # no reference given: the one input it must come from, if any
                 best = max(range(len(piece)), key=lambda i: similarity(text, piece[i].text))
@@ -341,7 +349,8 @@ class Condenser:
             sources = [piece[r - 1] for r in refs]
             if not self._grounded(text, sources):
                 continue
-            made.append(_merge(text, sources))
+            same = len(sources) == 1 and text == sources[0].text
+            made.append(sources[0] if same else _merge(text, sources))  # an echo is still a quote
             covered.update(refs)
         kept = [b for i, b in enumerate(piece, 1) if i not in covered]
         return sorted(made + kept, key=lambda b: (b.t_start if b.t_start is not None else math.inf, b.sentences))

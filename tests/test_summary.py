@@ -188,3 +188,18 @@ def test_no_speech_gives_an_empty_summary_that_says_so() -> None:
     s = summarize([], title="Silence", model=ScriptedModel())
     assert not s.bullets() and any("no transcribed speech" in n for n in s.notes)
     assert "- (none)" in s.to_markdown()
+
+
+def test_copied_time_labels_are_dropped_and_a_rambling_model_is_cut_short() -> None:
+    def small_model(prompt: str) -> str:  # what SmolLM2-135M does: copies the labels, then goes on and on
+        lines = [f"[{n}] (0:31) {' '.join(t.split()[:-1])}" for n, t in excerpts(prompt)]
+        return "\n".join(lines) + "\n\nExcerpts:\n" + "[9] (0:40) What is the new recycling bin?\n" * 50
+
+    model = ScriptedModel(small_model)
+    s = summarize(transcript_chunks(MEETING), title="G", model=model)
+    maria = s.section(ACTIONS).bullets[0]
+    assert maria.condensed and maria.text == "Maria will book the conference room by"
+    assert "recycling" not in s.to_markdown()
+    for (_messages, max_tokens), prompt in zip(model.calls, model.prompts, strict=True):
+        said = sum(model.count_tokens(t) + 1 for _, t in excerpts(prompt))
+        assert max_tokens <= 2 * said + 32  # never the whole context for a few lines
