@@ -342,10 +342,15 @@ class Condenser:
             text = " ".join(_TIME.sub(" ", m.group(2)).split()).strip('"').strip()
             if not text:
                 continue
-            refs = sorted({int(x) for x in re.findall(r"\d+", m.group(1) or "") if 1 <= int(x) <= len(piece)})
+            cited = [int(x) for x in re.findall(r"\d+", m.group(1) or "")]
+            if any(not 1 <= r <= len(piece) for r in cited) or text.endswith(":"):
+                continue  # cites an excerpt that is not there, or breaks off: a confused answer
+            refs = sorted(set(cited))
             if not refs:  # no reference given: the one input it must come from, if any
                 best = max(range(len(piece)), key=lambda i: similarity(text, piece[i].text))
                 refs = [best + 1]
+            if covered.issuperset(refs):
+                continue  # says again what an earlier bullet of this answer said
             sources = [piece[r - 1] for r in refs]
             if not self._grounded(text, sources):
                 continue
@@ -360,7 +365,11 @@ class Condenser:
         words = content_words(text)
         said = set(content_words(" ".join(self.texts.get(i, "") for b in sources for i in b.sentences)))
         said |= set(content_words(" ".join(b.text for b in sources)))
-        return bool(words) and all(w in said or w in FRAMING for w in words)
+        if not words or not all(w in said or w in FRAMING for w in words):
+            return False
+        # and keeps enough of them to still say something (not "Discussion point 29")
+        per_source = sum(len(set(content_words(b.text))) for b in sources) / len(sources)
+        return len(set(words)) >= min(3.0, per_source) and len(set(words)) >= per_source / 3
 
 
 def _merge(text: str, sources: list[Bullet]) -> Bullet:

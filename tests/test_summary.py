@@ -203,3 +203,29 @@ def test_copied_time_labels_are_dropped_and_a_rambling_model_is_cut_short() -> N
     for (_messages, max_tokens), prompt in zip(model.calls, model.prompts, strict=True):
         said = sum(model.count_tokens(t) + 1 for _, t in excerpts(prompt))
         assert max_tokens <= 2 * said + 32  # never the whole context for a few lines
+
+
+def test_confused_answers_are_not_taken() -> None:
+    def confused(prompt: str) -> str:
+        ex = excerpts(prompt)
+        n, first = ex[0]
+        return "\n".join([
+            f"- [{n}] {first}",
+            f"- [{n}] {first}",  # the same again
+            f"- [{len(ex) + 1}] {first}",  # an excerpt that is not there
+            f"- [{n}] {' '.join(first.split()[:2])}:",  # breaks off
+        ])
+
+    model = ScriptedModel(confused)
+    s = summarize(transcript_chunks(MEETING), title="G", model=model)
+    plain = summarize(transcript_chunks(MEETING), title="G")
+    assert [b.text for b in s.bullets()] == [b.text for b in plain.bullets()]
+    assert [b.sentences for b in s.bullets()] == [b.sentences for b in plain.bullets()]
+
+
+def test_a_bullet_that_keeps_too_little_is_not_taken() -> None:
+    def terse(prompt: str) -> str:
+        return "\n".join(f"- [{n}] {' '.join(t.split()[:2])}" for n, t in excerpts(prompt))
+
+    s = summarize(transcript_chunks(MEETING), title="G", model=ScriptedModel(terse))
+    assert not any(b.condensed for b in s.bullets())
