@@ -215,9 +215,25 @@ def extract(sentences: Sequence[Sentence], notes: list[str] | None = None) -> di
                          "central, near-duplicates dropped).")
         by_index = {s.index: c for _, s, c in items}
         out[name] = [_bullet(s, by_index[s.index]) for s in sorted(kept, key=lambda s: s.index)]
-    rest.sort(key=lambda x: -x[0])
-    out[KEY_POINTS] = [_bullet(s) for s in sorted(_distinct(rest, limits.key_points), key=lambda s: s.index)]
+    out[KEY_POINTS] = [_bullet(s) for s in sorted(_spread(rest, limits.key_points, len(sentences)),
+                                                  key=lambda s: s.index)]
     return out
+
+
+def _spread(candidates: list[tuple[float, Sentence]], limit: int, n_sentences: int) -> list[Sentence]:
+    """Key points from the whole meeting: the most central sentence of each stretch of it first (a long
+    meeting moves from topic to topic), then the most central of the rest."""
+    ranked = sorted(candidates, key=lambda x: -x[0])
+    if not ranked or limit <= 0:
+        return []
+    stretch = max(1, math.ceil(n_sentences / limit))
+    firsts: dict[int, tuple[float, Sentence]] = {}
+    for score, s in ranked:
+        firsts.setdefault(s.index // stretch, (score, s))
+    chosen = _distinct(sorted(firsts.values(), key=lambda x: -x[0]), limit)
+    taken = {s.index for s in chosen}
+    more = [(sc, s) for sc, s in ranked if s.index not in taken]
+    return _distinct([(1.0, s) for s in chosen] + more, limit)
 
 
 def _distinct(ranked: Sequence[tuple[float, Sentence]], limit: int, max_sim: float = 0.7) -> list[Sentence]:

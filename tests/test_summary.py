@@ -229,3 +229,22 @@ def test_a_bullet_that_keeps_too_little_is_not_taken() -> None:
 
     s = summarize(transcript_chunks(MEETING), title="G", model=ScriptedModel(terse))
     assert not any(b.condensed for b in s.bullets())
+
+
+def test_key_points_come_from_the_whole_meeting() -> None:
+    """Most of the meeting is about the garden; the finances and the festival later on still get a key point."""
+    import itertools
+
+    def topic(words: list[str], n: int) -> list[str]:
+        pairs = itertools.cycle(itertools.permutations(words, 2))
+        return [f"The {a} matters for the {b} near plot{len(words)}x{i}." for i, (a, b) in
+                enumerate(itertools.islice(pairs, n))]
+
+    garden = topic(["greenhouse", "tomatoes", "compost", "seedlings", "watering", "soil"], 40)
+    money = topic(["invoice", "accounts", "treasurer", "donations", "receipts"], 15)
+    festival = topic(["festival", "stage", "musicians", "tickets", "posters"], 15)
+    s = summarize(transcript_chunks(garden + money + festival), title="G")
+    points = " ".join(_texts(s, KEY_POINTS))
+    assert "greenhouse" in points or "tomatoes" in points
+    assert any(w in points for w in ("invoice", "accounts", "treasurer", "donations", "receipts"))
+    assert any(w in points for w in ("festival", "stage", "musicians", "tickets", "posters"))
