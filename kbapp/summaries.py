@@ -184,7 +184,11 @@ class SummarizeHandler:
 
     def chunks(self, summary: Summary, text: str) -> list[Chunk]:
         """One chunk per bullet (section heading in front for the model), with the bullet's times; a bullet
-        longer than the embedding model reads is cut at words, never truncated by the model."""
+        longer than the embedding model reads is cut at words, never truncated by the model.
+
+        The chunks have the role `summary`: search weighs them less than the transcript's own words (as it
+        does quoted mail), since a bullet repeats what the recording says; `--kind summary` finds them alone.
+        """
         out: list[Chunk] = []
         pos = 0
         for section in summary.sections:
@@ -198,6 +202,7 @@ class SummarizeHandler:
                     out.append(Chunk(
                         text=piece, section=heading, char_start=start, char_end=start + len(line),
                         t_start=b.t_start, t_end=b.t_end, n_tokens=self.count_tokens([embed_text(piece, heading)])[0],
+                        role=SUMMARY,
                     ))
         return out
 

@@ -71,8 +71,11 @@ def test_summary_document_is_linked_searchable_and_forgotten_with_its_meeting(tm
         for c, b in zip(chunks, summary.bullets(), strict=True):
             assert (c.t_start, c.t_end) == (b.t_start, b.t_end) and set(b.chunk_ids) <= meeting_chunks
             assert c.section is not None and c.section.startswith("Summary: garden > ")
+            assert c.role == "summary"
         hits = app.search("Maria book conference room Friday", k=3, kind="summary")
         assert hits and hits[0]["kind"] == "summary" and "conference room" in hits[0]["text"]
+        # unfiltered, the recording's own words come first: the summary repeats them
+        assert app.search("Maria will book the conference room by Friday", k=1)[0]["kind"] == "meeting"
         assert hits[0]["t_start"] is not None and hits[0]["section"] == "Summary: garden > Action items"
 
         assert app.forget([rec]) == 1
