@@ -176,13 +176,19 @@ def answer_stream(
     yield {"event": "passages", "passages": passages}
     pieces: list[str] = []
     t0 = time.perf_counter()
+    first = t0
     for piece in model.stream(build_messages(question, given), max_tokens=max_tokens, temperature=0.0):
         if not pieces:
-            timings["first_token_s"] = time.perf_counter() - started
+            first = time.perf_counter()
+            timings["first_token_s"] = first - started
+            timings["prompt_s"] = first - t0  # reading the prompt (prefill)
         pieces.append(piece)
         yield {"event": "token", "text": piece}
-    timings["generate_s"] = time.perf_counter() - t0
-    timings["generated_tokens"] = float(len(pieces))
+    end = time.perf_counter()
+    timings["generate_s"] = end - t0
+    timings["generated_tokens"] = float(len(pieces))  # text pieces: one per token for a local model
+    if len(pieces) > 1 and end > first:
+        timings["tokens_per_s"] = (len(pieces) - 1) / (end - first)
     raw = "".join(pieces).strip()
     result = finish(question, raw, passages, model.name)
     result.best_similarity, result.timings = best, {**timings, "total_s": time.perf_counter() - started}
