@@ -94,7 +94,9 @@ def best_similarity(app: App, question: str) -> float:
     return max(sims) if sims else -1.0
 
 
-def coverage_split(app: App, answerable: list[dict[str, Any]], unanswerable: list[dict[str, Any]], k: int) -> dict[str, Any]:
+def coverage_split(
+    app: App, answerable: list[dict[str, Any]], unanswerable: list[dict[str, Any]], k: int
+) -> dict[str, Any]:
     """How well the share of a question's content words found in its best passages separates SQuAD's
     answerable questions from its adversarial unanswerable ones (same topic, answer not in the text)."""
     from retrieval.citations import content_words
