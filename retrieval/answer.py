@@ -170,7 +170,11 @@ def answer_stream(
                         best_similarity=best, timings=timings)
         yield {"event": "answer", "answer": result}
         return
-    given, left = fit_passages(question, hits, model, max_tokens)
+    # Passages below the same threshold are noise next to the relevant ones (a small model blends them into
+    # its sentences): they are returned, not given. Keyword-only hits (no similarity) are given.
+    close = [h for h in hits if h.similarity is None or h.similarity >= min_similarity]
+    given, left = fit_passages(question, close, model, max_tokens)
+    left += [h for h in hits if h not in close]
     passages = [Passage(n, h, True) for n, h in given]
     passages += [Passage(len(given) + i + 1, h, False) for i, h in enumerate(left)]
     yield {"event": "passages", "passages": passages}

@@ -172,6 +172,15 @@ def test_nothing_relevant_abstains_without_asking_the_model() -> None:
     assert empty.status == NOT_IN_LIBRARY_STATUS and empty.passages == [] and model.calls == []
 
 
+def test_passages_below_the_threshold_are_returned_but_not_given() -> None:
+    model = ScriptedModel("Rollo signed a treaty in 911 [1].")
+    hits = [hit(1, ROLLO, similarity=0.7), hit(2, MOON, similarity=0.1), hit(3, NORMANS, similarity=None)]
+    result = answer("Who was Rollo?", searcher(*hits), model, min_similarity=0.3)
+    assert [(p.n, p.hit.chunk.id, p.given) for p in result.passages] == [(1, "c1", True), (2, "c3", True),
+                                                                            (3, "c2", False)]
+    assert "Moon" not in model.calls[0][1].content and result.cited == [1]
+
+
 def test_relevant_enough_is_answered_and_keyword_only_hits_are_not_refused() -> None:
     model = ScriptedModel("The Moon orbits the Earth every 27.3 days [1].")
     assert answer("Moon orbit?", searcher(hit(1, MOON, similarity=0.31)), model, min_similarity=0.3).status == ANSWERED

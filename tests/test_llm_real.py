@@ -97,20 +97,22 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def llama_server() -> Iterator[str]:
+def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = _free_port()
+    log = (tmp_path_factory.mktemp("llama-server") / "server.log").open("w+")  # a pipe would fill and block it
     model = llm_model_path("SmolLM2-135M-Instruct", Path("/nonexistent"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
          "--n_ctx", "2048", "--n_threads", "2", "--model_alias", "smol"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                pytest.fail(f"llama_cpp.server exited: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
+                log.seek(0)
+                pytest.fail(f"llama_cpp.server exited: {log.read()[-2000:]}")
             try:
                 if httpx.get(f"{url}/models", timeout=2).status_code == 200:
                     break
@@ -120,6 +122,7 @@ def llama_server() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+        log.close()
 
 
 def test_openai_compatible_server_streams(llama_server: str, tmp_path: Path,
