@@ -25,14 +25,14 @@ class RemoteModel:
 
     def __init__(
         self, url: str, *, model: str | None = None, api_key: SecretStr | None = None, context_tokens: int = 2048,
-        timeout_s: float = 300.0,
+        timeout_s: float = 300.0, transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.model = model
         self.name = model or self.url
         self.context_tokens = context_tokens
         headers = {"Authorization": f"Bearer {api_key.get_secret_value()}"} if api_key is not None else {}
-        self._http = httpx.Client(headers=headers, timeout=httpx.Timeout(timeout_s, connect=10.0))
+        self._http = httpx.Client(headers=headers, timeout=httpx.Timeout(timeout_s, connect=10.0), transport=transport)
 
     def count_tokens(self, text: str) -> int:
         return math.ceil(len(text) / CHARS_PER_TOKEN)

@@ -264,13 +264,17 @@ class Settings(BaseSettings):
             raise ValueError("expected a URL like http://127.0.0.1:8080/v1")
         return v.rstrip("/") if v else None
 
+    @field_validator("llm_api_key_env")
+    @classmethod
+    def _llm_key_env(cls, v: str | None) -> str | None:
+        if v and v not in os.environ:
+            raise ValueError(f"names the environment variable {v!r}, which is not set")
+        return v or None
+
     @model_validator(mode="after")
     def _llm_key(self) -> Settings:
         if self.llm_api_key is None and self.llm_api_key_env:
-            value = os.environ.get(self.llm_api_key_env)
-            if value is None:
-                raise ValueError(f"llm_api_key_env names {self.llm_api_key_env!r}, which is not set")
-            self.llm_api_key = SecretStr(value)
+            self.llm_api_key = SecretStr(os.environ[self.llm_api_key_env])
         return self
 
     @model_validator(mode="after")
