@@ -199,6 +199,8 @@ def run_questions(app: App, sample: list[dict[str, Any]], k: int, dump: TextIO |
         "citation_precision": mean([float(x) for x in cited_ok]), "answers_with_citations": len(cited_ok),
         "abstention_accuracy_unanswerable": round(sum(statuses["unanswerable"][s] for s in ABSTAINED) / n_un, 4)
         if n_un else None,
+        "abstention_strict_unanswerable": round(
+            sum(statuses["unanswerable"][s] for s in ("not_in_library", "no_answer")) / n_un, 4) if n_un else None,
         "answered_share_answerable": round(
             statuses["answerable"]["answered"] / max(1, len(em["answerable"])), 4),
         "statuses": {g: dict(c) for g, c in statuses.items()},
