@@ -19,3 +19,7 @@ class IndexMismatchError(KbError):
 
 class CatalogError(KbError):
     """The catalog cannot be opened or is inconsistent."""
+
+
+class LanguageModelError(KbError):
+    """The answer model failed: it cannot load, its server does not answer, or it refused the request."""

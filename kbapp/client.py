@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,3 +95,28 @@ class Client:
         if confirm is None:
             return dict(self._call("GET", "/held"))
         return dict(self._call("POST", "/held", {"confirm": confirm}))
+
+    def ask_stream(
+        self, question: str, k: int | None = None, kind: str | None = None, file_type: str | None = None,
+        tag: str | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """The service's answer events as they arrive (an error event becomes a ServiceError)."""
+        body = {"question": question, "k": k, "kind": kind, "file_type": file_type, "tag": tag}
+        try:
+            with self._http.stream("POST", f"{API}/ask", json=body) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    try:
+                        message = r.json()["error"]["message"]
+                    except (ValueError, KeyError, TypeError):
+                        message = r.text[:500]
+                    raise ServiceError(str(message))
+                for line in r.iter_lines():
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    if event.get("event") == "error":
+                        raise ServiceError(str(event["error"]["message"]))
+                    yield event
+        except httpx.HTTPError as exc:
+            raise ServiceGone(f"lost contact with the kb service: {exc}") from None

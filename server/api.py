@@ -6,19 +6,23 @@ It only translates: HTTP in, a call on the `Library` out, JSON back, and every e
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from litestar import Litestar, Request, Response, get, post
 from litestar.exceptions import HTTPException, NotFoundException
+from litestar.response import Stream
 from litestar.status_codes import HTTP_400_BAD_REQUEST, HTTP_500_INTERNAL_SERVER_ERROR
 
 from kb.errors import ConfigError, KbError
 
 API = "/api/v1"
+log = logging.getLogger(__name__)
 
 
 class Library(Protocol):
@@ -44,6 +48,11 @@ class Library(Protocol):
 
     def held(self, *, confirm: bool | None = None) -> dict[str, Any]: ...
 
+    def ask_stream(
+        self, question: str, k: int | None = None, kind: str | None = None, file_type: str | None = None,
+        tag: str | None = None,
+    ) -> Iterator[dict[str, Any]]: ...
+
 
 @dataclass
 class SearchRequest:
@@ -52,6 +61,15 @@ class SearchRequest:
     kind: str | None = None
     file_type: str | None = None
     tag: str | None = None  # a watched folder's (or mail account's) tag
+
+
+@dataclass
+class AskRequest:
+    question: str
+    k: int | None = None  # passages retrieved (default: the answer_passages setting)
+    kind: str | None = None
+    file_type: str | None = None
+    tag: str | None = None
 
 
 @dataclass
@@ -98,6 +116,18 @@ def _error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     return Response({"error": {"type": "internal", "message": message}}, status_code=HTTP_500_INTERNAL_SERVER_ERROR)
 
 
+def _ndjson(events: Iterator[dict[str, Any]]) -> Iterator[str]:
+    """Events as JSON lines. The status line went out with the first byte, so an error is the last event."""
+    try:
+        for event in events:
+            yield json.dumps(event, ensure_ascii=False) + "\n"
+    except Exception as exc:
+        if not isinstance(exc, (KbError, ValueError)):
+            log.exception("answer failed")
+        message = str(exc) if isinstance(exc, KbError) else f"{type(exc).__name__}: {exc}"
+        yield json.dumps({"event": "error", "error": {"type": type(exc).__name__, "message": message}}) + "\n"
+
+
 def create_api(library: Library) -> Litestar:
     """The Litestar application over a library."""
 
@@ -114,6 +144,13 @@ def create_api(library: Library) -> Litestar:
     def search(data: SearchRequest) -> list[dict[str, Any]]:
         k = max(1, min(200, data.k))
         return library.search(data.query, k=k, kind=data.kind, file_type=data.file_type, tag=data.tag)
+
+    @post(f"{API}/ask", sync_to_thread=False, status_code=200)
+    def ask(data: AskRequest) -> Stream:
+        """The answer as it is made: one JSON event per line (passages, tokens, the checked answer)."""
+        k = None if data.k is None else max(1, min(50, data.k))
+        events = library.ask_stream(data.question, k=k, kind=data.kind, file_type=data.file_type, tag=data.tag)
+        return Stream(_ndjson(events), media_type="application/x-ndjson")
 
     @post(f"{API}/ingest", sync_to_thread=True, status_code=202)
     def ingest(data: IngestRequest) -> dict[str, Any]:
@@ -152,7 +189,7 @@ def create_api(library: Library) -> Litestar:
 
     return Litestar(
         route_handlers=[
-            health, status, search, ingest, forget, reindex, summarize, batch, retry, held_list, held_release,
+            health, status, search, ask, ingest, forget, reindex, summarize, batch, retry, held_list, held_release,
         ],
         exception_handlers={Exception: _error},
         openapi_config=None,

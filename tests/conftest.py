@@ -47,6 +47,8 @@ def make_app(tmp_path: Path) -> Iterator[AppFactory]:
 
     def build(embedder: Any = None, data_dir: Path | None = None, **overrides: Any) -> App:
         overrides.setdefault("workers", 0)
+        # summaries of recordings stay extractive unless a test gives a model: the real one costs seconds each
+        overrides.setdefault("summary_llm", False)
         settings = load_settings(data_dir=data_dir or tmp_path / "data", **overrides)
         app = App(settings, embedder=embedder or HashEmbedder())
         apps.append(app)
@@ -60,7 +62,8 @@ def make_app(tmp_path: Path) -> Iterator[AppFactory]:
 def kb_env(data_dir: Path, **extra: str) -> dict[str, str]:
     """Environment for running the `kb` CLI as a subprocess against a temp data dir."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KB_")}
-    env.update({"KB_DATA_DIR": str(data_dir), "KB_WORKERS": "0"}, **extra)
+    env.update({"KB_DATA_DIR": str(data_dir), "KB_WORKERS": "0", "KB_SUMMARY_LLM": "false",
+                "KB_LLM_PRELOAD": "false"}, **extra)
     return env
 
 
