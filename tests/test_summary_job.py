@@ -42,7 +42,8 @@ def store_meeting(
 
 
 def build(tmp_path: Path, llm: ScriptedModel | None = None) -> App:
-    return App(load_settings(data_dir=tmp_path / "data", workers=0), embedder=HashEmbedder(), llm=llm)
+    settings = load_settings(data_dir=tmp_path / "data", workers=0, summary_llm=False)
+    return App(settings, embedder=HashEmbedder(), llm=llm)
 
 
 def test_summary_document_is_linked_searchable_and_forgotten_with_its_meeting(tmp_path: Path) -> None:
