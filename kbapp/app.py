@@ -34,7 +34,8 @@ from kb.paths import absolute, display, to_uri
 from kb.settings import Settings
 from kbapp.folders import FolderJobs, tagger
 from kbapp.runner import Runner
-from retrieval.search import Searcher, where_clause
+from retrieval.filters import Filters
+from retrieval.search import Searcher
 from watchers.folders import FolderWatcher
 from watchers.health import HealthBoard
 
@@ -396,18 +397,28 @@ class App:
         return {"released": self.jobs.release_held(confirm=True, batch=batch), "batch": self._adopt(batch)}
 
     def search(
-        self, query: str, k: int = 5, kind: str | None = None, file_type: str | None = None, tag: str | None = None
+        self, query: str, k: int = 5, kind: str | None = None, file_type: str | None = None, tag: str | None = None,
+        source: str | None = None, after: str | None = None, before: str | None = None,
     ) -> list[dict[str, Any]]:
-        hits = self.searcher.search(query, k=k, where=where_clause(kind, file_type), tag=tag)
+        """Top k documents, each with its best passages (the best one's fields at the top level)."""
+        return self.search_page(query, k, kind, file_type, tag, source, after, before)["hits"]
+
+    def search_page(
+        self, query: str, k: int = 5, kind: str | None = None, file_type: str | None = None, tag: str | None = None,
+        source: str | None = None, after: str | None = None, before: str | None = None,
+    ) -> dict[str, Any]:
+        """A page of results and the facet counts (kind, file type, tag) of everything the same query found."""
+        filters = Filters(kind=kind, file_type=file_type, tag=tag, source_type=source, after=after, before=before)
+        result = self.searcher.run(query, k, filters)
         out = []
-        for h in hits:
+        for h in result.hits:
             d = h.to_dict()
             d["path"] = display(d["path"] or "")
             d["paths"] = [display(p) for p in d["paths"]]
             if d.get("message"):
                 d["message"]["uri"] = display(d["message"]["uri"] or "")
             out.append(d)
-        return out
+        return {"hits": out, "facets": result.facets, "collapsed": result.collapsed}
 
     def status(self) -> dict[str, Any]:
         stats: dict[str, Any] = self.catalog.stats()
