@@ -36,16 +36,23 @@ _WORD = re.compile(rf"[^\W{_CJK}]+")
 _SYMBOLIC = re.compile(r"^\w+[+#]+$")
 
 
+class _FoldTable(dict[int, str]):
+    """str.translate table that works out each character's folded form once, on first sight."""
+
+    def __missing__(self, code: int) -> str:
+        ch = chr(code)
+        base = "".join(c for c in unicodedata.normalize("NFD", ch) if not unicodedata.combining(c)).lower()
+        out = base if len(base) == 1 else (ch.lower() if len(ch.lower()) == 1 else ch)
+        self[code] = out
+        return out
+
+
+_FOLD = _FoldTable()
+
+
 def fold(text: str) -> str:
     """Lower case without diacritics, one character out for each character in (so offsets still match)."""
-    out = []
-    for ch in text:
-        if ch.isascii():
-            out.append(ch.lower())
-            continue
-        base = "".join(c for c in unicodedata.normalize("NFD", ch) if not unicodedata.combining(c)).lower()
-        out.append(base if len(base) == 1 else ch.lower()[:1] or ch)
-    return "".join(out)
+    return text.lower() if text.isascii() else text.translate(_FOLD)
 
 
 def words(text: str) -> list[str]:

@@ -38,8 +38,9 @@ class Passage:
     chunk: ChunkRecord
     score: float
     similarity: float | None
-    snippet: str
-    highlights: list[tuple[int, int]]  # [start, end) character offsets in `snippet`
+    snippet: str = ""
+    highlights: list[tuple[int, int]] = field(default_factory=list)  # [start, end) offsets in `snippet`
+    shown: str = ""  # the text the snippet is cut from (a heading alone comes with the chunk after it)
 
     def to_dict(self) -> dict[str, Any]:
         c = self.chunk
@@ -90,6 +91,16 @@ class SearchResult:
     hits: list[Hit]
     facets: dict[str, dict[str, int]] = field(default_factory=dict)  # counts over every document found
     collapsed: int = 0  # documents left out because their passages repeat a better hit's
+
+
+@dataclass
+class Sides:
+    """What each side found, before fusion (the benchmark tunes fusion on these)."""
+
+    dense_docs: dict[int, float]
+    lexical_docs: dict[int, float]
+    records: dict[str, ChunkRecord]  # the dense side's chunks
+    dense_chunks: dict[str, float]  # chunk id -> cosine similarity
 
 
 def where_clause(
@@ -153,30 +164,10 @@ class Searcher:
         query = parse(text.strip())
         if not query:
             return SearchResult([])
-        excluded = self.lexical.excluded(query)
-        depth_docs = max(5 * k, 50)
         depth_chunks = max(10 * k, 100) * (4 if filters.dated or where else 1)
-
-        dense_chunks: dict[str, float] = {}
-        if mode != "lexical":
-            chroma = filters.chroma()
-            dwhere = where if chroma is None else chroma if where is None else {"$and": [chroma, where]}
-            dense_chunks = dict(self._dense(query.dense_text, depth_chunks, dwhere))
-        lexical_docs: dict[int, float] = {}
-        if mode != "dense" and where is None:
-            lexical_docs = self.lexical.documents(query, depth_docs, filters)
-
-        records = self.catalog.chunks_by_id(list(dense_chunks))
-        allowed = self.lexical.allowed({c.doc_id for c in records.values()}, filters) - excluded
-        dense_docs: dict[int, float] = {}
-        for cid, sim in dense_chunks.items():
-            rec = records.get(cid)
-            if rec is None or rec.doc_id not in allowed:
-                continue
-            s = sim * (ROLE_WEIGHT if rec.role else 1.0)
-            dense_docs[rec.doc_id] = max(dense_docs.get(rec.doc_id, -1.0), s)
-        lexical_docs = {d: s for d, s in lexical_docs.items() if d not in excluded}
-
+        sides = self.sides(query, max(5 * k, 50), depth_chunks, filters, where=where, mode=mode)
+        dense_docs, lexical_docs = sides.dense_docs, sides.lexical_docs
+        records, dense_chunks = sides.records, sides.dense_chunks
         fused = fuse(dense_docs, lexical_docs, self.weights)
         # Ties (one side's best against the other's best) go to the keyword match: it is the exact one.
         order = sorted(fused, key=lambda d: (-round(fused[d], 9), -lexical_docs.get(d, 0.0)))
@@ -201,13 +192,46 @@ class Searcher:
                 collapsed += 1
                 continue
             sims = [p.similarity for p in kept if p.similarity is not None]
-            hits.append(Hit(docs[doc_id], fused[doc_id], kept[:passages], max(sims) if sims else None))
+            kept = kept[: max(1, passages)]
+            for p in kept:  # snippets only for what is shown: matching costs more than the search itself
+                p.snippet, p.highlights = snippet(p.shown or p.chunk.text, query)
+            hits.append(Hit(docs[doc_id], fused[doc_id], kept, max(sims) if sims else None))
             if len(hits) == k:
                 break
         containers = self.catalog.containers(h.document.id for h in hits)
         for h in hits:
             h.message = containers.get(h.document.id)
         return SearchResult(hits, facets, collapsed)
+
+    def sides(
+        self, query: Query, depth_docs: int, depth_chunks: int, filters: Filters, *,
+        where: dict[str, Any] | None = None, mode: str = "hybrid",
+    ) -> Sides:
+        """Each side's score per document, both filtered the same way (and exclusions removed) before fusion:
+        dense is a document's best chunk similarity, lexical its BM25 over the whole text."""
+        excluded = self.lexical.excluded(query)
+
+        dense_chunks: dict[str, float] = {}
+        if mode != "lexical":
+            chroma = filters.chroma()
+            dwhere = where if chroma is None else chroma if where is None else {"$and": [chroma, where]}
+            dense_chunks = dict(self._dense(query.dense_text, depth_chunks, dwhere))
+        lexical_docs: dict[int, float] = {}
+        if mode != "dense" and where is None:
+            lexical_docs = self.lexical.documents(query, depth_docs, filters)
+
+        records = self.catalog.chunks_by_id(list(dense_chunks))
+        allowed = self.lexical.allowed({c.doc_id for c in records.values()}, filters) - excluded
+        dense_docs: dict[int, float] = {}
+        for cid, sim in dense_chunks.items():
+            rec = records.get(cid)
+            if rec is None or rec.doc_id not in allowed:
+                continue
+            s = sim * (ROLE_WEIGHT if rec.role else 1.0)
+            dense_docs[rec.doc_id] = max(dense_docs.get(rec.doc_id, -1.0), s)
+        lexical_docs = {d: s for d, s in lexical_docs.items() if d not in excluded}
+
+        return Sides(dense_docs, lexical_docs, records, dense_chunks)
 
     def _passages(
         self, query: Query, doc_ids: list[int], records: dict[str, ChunkRecord], dense: dict[str, float],
@@ -242,8 +266,7 @@ class Searcher:
             if rec.role is None and _heading_only(rec):
                 heads[(rec.doc_id, rec.seq)] = cid
             s = scores[cid] * (ROLE_WEIGHT if rec.role else 1.0)
-            text, marks = snippet(rec.text, query)
-            out.setdefault(rec.doc_id, []).append(Passage(rec, s, dense.get(cid), text, marks))
+            out.setdefault(rec.doc_id, []).append(Passage(rec, s, dense.get(cid)))
         # A heading alone is a poor passage: the chunk after it is shown in its place, with its score.
         followers = self.lexical.heading_followers(list(heads))
         nxt = self.catalog.chunks_by_id(list(followers.values())) if followers else {}
@@ -251,8 +274,7 @@ class Searcher:
             for i, p in enumerate(plist):
                 follow = nxt.get(followers.get((doc_id, p.chunk.seq), ""))
                 if follow is not None and all(q.chunk.id != follow.id for q in plist):
-                    text, marks = snippet(p.chunk.text + "\n" + follow.text, query)
-                    plist[i] = Passage(follow, p.score, p.similarity, text, marks)
+                    plist[i] = Passage(follow, p.score, p.similarity, shown=p.chunk.text + "\n" + follow.text)
             plist.sort(key=lambda p: -p.score)
         return out
 
