@@ -308,11 +308,13 @@ def reindex(obj: Context, reparse: bool, as_json: bool, no_wait: bool) -> None:
 @click.option("--source", type=click.Choice(["file", "mail"]), help="Only documents that came from files or mail.")
 @click.option("--after", metavar="YYYY-MM-DD", help="Only documents dated on or after this day.")
 @click.option("--before", metavar="YYYY-MM-DD", help="Only documents dated on or before this day.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="The hits as JSON (a list).")
+@click.option("--facets", is_flag=True, help="With --json: {hits, facets} (counts by kind, type, tag).")
 @click.pass_obj
 @_errors
 def search(obj: Context, query: tuple[str, ...], k: int, file_type: str | None, kind: str | None,
-           tag: str | None, source: str | None, after: str | None, before: str | None, as_json: bool) -> None:
+           tag: str | None, source: str | None, after: str | None, before: str | None, as_json: bool,
+           facets: bool) -> None:
     """Search the library (meaning and keywords combined).
 
     \b
@@ -327,7 +329,7 @@ def search(obj: Context, query: tuple[str, ...], k: int, file_type: str | None, 
     )
     hits = page["hits"]
     if as_json:
-        click.echo(json.dumps(page, indent=2, ensure_ascii=False))
+        click.echo(json.dumps(page if facets else hits, indent=2, ensure_ascii=False))
         return
     if not hits:
         click.echo("no results")
