@@ -7,7 +7,6 @@ rebuilt from the catalog (``kb reindex``) and orphans can be found by comparing 
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 import threading
 import time
@@ -169,6 +168,11 @@ class Catalog:
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         with self._rlock:
             return self._rdb.execute(sql, params).fetchall()
+
+    def read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """One read-only statement on the reader connection: search builds its own SQL (retrieval/lexical.py)
+        without waiting behind writes."""
+        return self._query(sql, params)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         """One statement on the write connection (its own transaction)."""
@@ -478,6 +482,7 @@ class Catalog:
                 "INSERT INTO document_text(doc_id, text) VALUES (?, ?)",
                 (doc_id, zlib.compress(text.encode("utf-8", "replace"), 6)),
             )
+            _index_document(db, doc_id, title, text)
             self._insert_chunks(db, doc_id, chunks)
         return doc_id
 
@@ -511,6 +516,8 @@ class Catalog:
                 "INSERT OR REPLACE INTO document_text(doc_id, text) VALUES (?, ?)",
                 (doc_id, zlib.compress(text.encode("utf-8", "replace"), 6)),
             )
+            db.execute("DELETE FROM docs_fts WHERE rowid=?", (doc_id,))
+            _index_document(db, doc_id, title, text)
             self._insert_chunks(db, doc_id, chunks)
 
     def finish_document(self, doc_id: int, links: Sequence[Link], content_hash: str) -> list[int]:
@@ -644,27 +651,6 @@ class Catalog:
     def chunk_count(self) -> int:
         return int(self._query("SELECT count(*) AS n FROM chunks")[0]["n"])
 
-    def lexical_search(self, query: str, k: int, *, tag: str | None = None) -> list[tuple[str, float]]:
-        """BM25 over chunk text and section titles; returns (chunk id, score), higher is better.
-
-        With `tag`, only documents with a source carrying that tag (a watched folder's, a mail account's).
-        """
-        match = _fts_query(query)
-        if not match:
-            return []
-        only, params = "", list[str]()
-        if tag is not None:
-            only = " AND EXISTS (SELECT 1 FROM sources s WHERE s.doc_id = d.id AND s.tag = ?)"
-            params.append(tag)
-        rows = self._query(
-            "SELECT c.id AS id, bm25(chunks_fts, 1.0, 0.5) AS score FROM chunks_fts"
-            " JOIN chunks c ON c.rowid = chunks_fts.rowid"
-            f" JOIN documents d ON d.id = c.doc_id AND d.status = 'indexed'{only}"
-            " WHERE chunks_fts MATCH ? ORDER BY score LIMIT ?",
-            (*params, match, k),
-        )
-        return [(r["id"], -float(r["score"])) for r in rows]
-
     # -- status -----------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         """Counts by kind, file type and status, and the most recent failures."""
@@ -715,14 +701,12 @@ class Catalog:
         return out
 
 
-def _fts_query(text: str) -> str:
-    """Turn free text into a safe FTS5 OR-query of quoted terms (no syntax from user input)."""
-    terms = [t for t in re.findall(r"\w+", text.lower()) if len(t) > 1 or t.isdigit()]
-    seen: list[str] = []
-    for t in terms:
-        if t not in seen:
-            seen.append(t)
-    return " OR ".join(f'"{t}"' for t in seen[:64])
+def _index_document(db: sqlite3.Connection, doc_id: int, title: str | None, text: str) -> None:
+    """The document-level word index (title and whole text) that gives each document one lexical score."""
+    db.execute(
+        "INSERT INTO docs_fts(rowid, title, text) VALUES (?,?,?)",
+        (doc_id, safe_text(title) if title else "", safe_text(text)),
+    )
 
 
 def _source(r: sqlite3.Row) -> SourceRecord:

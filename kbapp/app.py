@@ -35,7 +35,8 @@ from kb.settings import Settings
 from kbapp.folders import FolderJobs, tagger
 from kbapp.runner import Runner
 from kbapp.summaries import AfterIngest, SummarizeHandler, meetings, queue_summary
-from retrieval.search import Searcher, where_clause
+from retrieval.filters import Filters
+from retrieval.search import Searcher
 from watchers.folders import FolderWatcher
 from watchers.health import HealthBoard
 
@@ -267,7 +268,7 @@ class App:
         model = self.language_model()
 
         def search(q: str, n: int) -> list[Any]:
-            return self.searcher.search(q, k=n, where=where_clause(kind, file_type), tag=tag)
+            return self.searcher.search(q, k=n, filters=Filters(kind=kind, file_type=file_type, tag=tag))
 
         events = answer_stream(
             question, search, model, k=k or s.answer_passages, max_tokens=s.llm_max_tokens,
@@ -507,10 +508,21 @@ class App:
         return {"released": self.jobs.release_held(confirm=True, batch=batch), "batch": self._adopt(batch)}
 
     def search(
-        self, query: str, k: int = 5, kind: str | None = None, file_type: str | None = None, tag: str | None = None
+        self, query: str, k: int = 5, kind: str | None = None, file_type: str | None = None, tag: str | None = None,
+        source: str | None = None, after: str | None = None, before: str | None = None,
     ) -> list[dict[str, Any]]:
-        hits = self.searcher.search(query, k=k, where=where_clause(kind, file_type), tag=tag)
-        return [_display_hit(h.to_dict()) for h in hits]
+        """Top k documents, each with its best passages (the best one's fields at the top level)."""
+        return self.search_page(query, k, kind, file_type, tag, source, after, before)["hits"]
+
+    def search_page(
+        self, query: str, k: int = 5, kind: str | None = None, file_type: str | None = None, tag: str | None = None,
+        source: str | None = None, after: str | None = None, before: str | None = None,
+    ) -> dict[str, Any]:
+        """A page of results and the facet counts (kind, file type, tag) of everything the same query found."""
+        filters = Filters(kind=kind, file_type=file_type, tag=tag, source_type=source, after=after, before=before)
+        result = self.searcher.run(query, k, filters)
+        out = [_display_hit(h.to_dict()) for h in result.hits]
+        return {"hits": out, "facets": result.facets, "collapsed": result.collapsed}
 
     def status(self) -> dict[str, Any]:
         stats: dict[str, Any] = self.catalog.stats()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -346,15 +347,31 @@ def summarize_cmd(obj: Context, paths: tuple[Path, ...], all_meetings: bool, as_
 @click.option("--type", "file_type", help="Only this file type, e.g. pdf.")
 @click.option("--kind", type=click.Choice(["document", "scan", "meeting", "mail", "summary"]), help="Only this kind.")
 @click.option("--tag", help="Only documents from the watched folder (or mail account) with this tag.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--source", type=click.Choice(["file", "mail"]), help="Only documents that came from files or mail.")
+@click.option("--after", metavar="YYYY-MM-DD", help="Only documents dated on or after this day.")
+@click.option("--before", metavar="YYYY-MM-DD", help="Only documents dated on or before this day.")
+@click.option("--json", "as_json", is_flag=True, help="The hits as JSON (a list).")
+@click.option("--facets", is_flag=True, help="With --json: {hits, facets} (counts by kind, type, tag).")
 @click.pass_obj
 @_errors
 def search(obj: Context, query: tuple[str, ...], k: int, file_type: str | None, kind: str | None,
-           tag: str | None, as_json: bool) -> None:
-    """Search the library (meaning and keywords combined)."""
-    hits = obj.library(writes=False).search(" ".join(query), k=k, kind=kind, file_type=file_type, tag=tag)
+           tag: str | None, source: str | None, after: str | None, before: str | None, as_json: bool,
+           facets: bool) -> None:
+    """Search the library (meaning and keywords combined).
+
+    \b
+    Words: either may match, documents with more rank first; a AND b: both.
+    "exact phrase", boil* (prefix), -word or -"a phrase" (leave out), C++ and CJK text work as typed.
+    """
+    for day in (after, before):
+        if day is not None and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", day):
+            raise click.BadParameter(f"{day!r} is not a date like 2024-03-31", param_hint="--after/--before")
+    page = obj.library(writes=False).search_page(
+        " ".join(query), k=k, kind=kind, file_type=file_type, tag=tag, source=source, after=after, before=before
+    )
+    hits = page["hits"]
     if as_json:
-        click.echo(json.dumps(hits, indent=2, ensure_ascii=False))
+        click.echo(json.dumps(page if facets else hits, indent=2, ensure_ascii=False))
         return
     if not hits:
         click.echo("no results")

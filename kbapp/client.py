@@ -68,10 +68,18 @@ class Client:
         return dict(self._call("GET", "/status"))
 
     def search(
-        self, query: str, k: int = 5, kind: str | None = None, file_type: str | None = None, tag: str | None = None
+        self, query: str, k: int = 5, kind: str | None = None, file_type: str | None = None, tag: str | None = None,
+        source: str | None = None, after: str | None = None, before: str | None = None,
     ) -> list[dict[str, Any]]:
-        body = {"query": query, "k": k, "kind": kind, "file_type": file_type, "tag": tag}
-        return list(self._call("POST", "/search", body))
+        return list(self.search_page(query, k, kind, file_type, tag, source, after, before)["hits"])
+
+    def search_page(
+        self, query: str, k: int = 5, kind: str | None = None, file_type: str | None = None, tag: str | None = None,
+        source: str | None = None, after: str | None = None, before: str | None = None,
+    ) -> dict[str, Any]:
+        body = {"query": query, "k": k, "kind": kind, "file_type": file_type, "tag": tag, "source": source,
+                "after": after, "before": before, "facets": True}
+        return dict(self._call("POST", "/search", body))
 
     def submit_ingest(self, paths: Sequence[str], *, force: bool = False, mirror: bool = True) -> str:
         return str(self._call("POST", "/ingest", {"paths": list(paths), "force": force, "mirror": mirror})["batch"])

@@ -133,7 +133,8 @@ def fit_passages(
 def _with_text(hit: Hit, text: str) -> Hit:
     from dataclasses import replace
 
-    return replace(hit, chunk=replace(hit.chunk, text=text))
+    best = hit.passages[0]
+    return replace(hit, passages=[replace(best, chunk=replace(best.chunk, text=text)), *hit.passages[1:]])
 
 
 def build_messages(question: str, given: Sequence[tuple[int, Hit]]) -> list[ChatMessage]:

@@ -1,135 +1,308 @@
-"""Hybrid search: dense (Chroma, cosine) and lexical (SQLite FTS5, BM25) fused by reciprocal rank."""
+"""Hybrid search at the level people read: documents, each with its best passages.
+
+Dense (Chroma, cosine over chunks) and lexical (SQLite FTS5 over whole documents, retrieval/lexical.py) each
+give every document one score; both are filtered the same way before they are fused on normalised scores
+(retrieval/fusion.py). A page of k results is k distinct documents; each carries its best passages (chunks
+scored by both sides), with near-duplicate passages collapsed and a snippet whose matched terms are offsets.
+"""
 
 from __future__ import annotations
 
-import re
+import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kb.catalog import DOC_INDEXED, Catalog, ChunkRecord, DocumentRecord
 from kb.embedding import Embedder
 from kb.errors import IndexMismatchError
 from kb.index import VectorIndex
+from retrieval.filters import Filters
+from retrieval.fusion import DEFAULT, Weights, fuse, normalise
+from retrieval.lexical import Lexical
+from retrieval.query import Query, parse, words
+from retrieval.snippets import snippet
 
-RRF_K = 60
-# Chunks with a role (a reply's quoted message, a signature) count this much of their fused score: the
-# quoted text is in the library as its own message already, and a reply's own words should come first.
+# Chunks with a role (a reply's quoted message, a signature) count this much of their score: the quoted text
+# is in the library as its own message already, and a reply's own words should come first.
 ROLE_WEIGHT = 0.5
+# A chunk this short with no sentence in it is a heading on its own: shown with the passage that follows it.
+HEADING_CHARS = 120
+MODES = ("hybrid", "dense", "lexical")
+
+
+@dataclass
+class Passage:
+    """One chunk of a hit's document, with how it scored and a snippet with the matches marked."""
+
+    chunk: ChunkRecord
+    score: float
+    similarity: float | None
+    snippet: str = ""
+    highlights: list[tuple[int, int]] = field(default_factory=list)  # [start, end) offsets in `snippet`
+    shown: str = ""  # the text the snippet is cut from (a heading alone comes with the chunk after it)
+
+    def to_dict(self) -> dict[str, Any]:
+        c = self.chunk
+        return {
+            "chunk_id": c.id, "seq": c.seq, "page": c.page, "page_end": c.page_end, "section": c.section,
+            "char_start": c.char_start, "char_end": c.char_end, "t_start": c.t_start, "t_end": c.t_end,
+            "ocr": c.ocr, "role": c.role, "score": round(self.score, 6),
+            "similarity": None if self.similarity is None else round(self.similarity, 4),
+            "text": c.text, "snippet": self.snippet, "highlights": [list(h) for h in self.highlights],
+        }
 
 
 @dataclass
 class Hit:
-    """One search result: the chunk, its document, and how it scored."""
+    """One document found, its fused score and its best passages (best first)."""
 
-    chunk: ChunkRecord
     document: DocumentRecord
-    score: float  # fused reciprocal-rank score, comparable within one result list
-    similarity: float | None  # cosine similarity from the dense side, when it found the chunk
-    snippet: str
+    score: float  # fused normalised score, comparable within one result list
+    passages: list[Passage]
+    similarity: float | None = None  # best cosine similarity among its chunks, when the dense side found one
     message: dict[str, Any] | None = None  # for an attachment: the message it came in (uri, subject, from, date)
 
+    @property
+    def chunk(self) -> ChunkRecord:
+        return self.passages[0].chunk
+
+    @property
+    def snippet(self) -> str:
+        return self.passages[0].snippet
+
     def to_dict(self) -> dict[str, Any]:
-        c, d = self.chunk, self.document
-        return {
-            "chunk_id": c.id, "document_id": d.id, "title": d.title, "path": d.paths[0] if d.paths else None,
+        """The document and, at the top level, its best passage (what a one-line listing shows)."""
+        d, best = self.document, self.passages[0].to_dict()
+        out = {
+            "document_id": d.id, "title": d.title, "path": d.paths[0] if d.paths else None,
             "paths": d.paths, "tag": d.tags[0] if d.tags else None, "kind": d.kind, "file_type": d.file_type,
-            "page": c.page,
-            "page_end": c.page_end, "section": c.section, "char_start": c.char_start,
-            "char_end": c.char_end, "t_start": c.t_start, "t_end": c.t_end, "ocr": c.ocr,
+            "created_at": d.created_at, "modified_at": d.modified_at, "message": self.message,
+            **{k: v for k, v in best.items() if k not in ("score", "similarity")},
             "score": round(self.score, 6),
             "similarity": None if self.similarity is None else round(self.similarity, 4),
-            "snippet": self.snippet, "text": c.text, "role": c.role, "message": self.message,
+            "passages": [p.to_dict() for p in self.passages],
         }
+        return out
+
+
+@dataclass
+class SearchResult:
+    hits: list[Hit]
+    facets: dict[str, dict[str, int]] = field(default_factory=dict)  # counts over every document found
+    collapsed: int = 0  # documents left out because their passages repeat a better hit's
+
+
+@dataclass
+class Sides:
+    """What each side found, before fusion (the benchmark tunes fusion on these)."""
+
+    dense_docs: dict[int, float]
+    lexical_docs: dict[int, float]
+    records: dict[str, ChunkRecord]  # the dense side's chunks
+    dense_chunks: dict[str, float]  # chunk id -> cosine similarity
 
 
 def where_clause(
     kind: str | None = None, file_type: str | None = None, tag: str | None = None
 ) -> dict[str, Any] | None:
-    """Chroma's filter for the search filters people use."""
-    filters: list[dict[str, Any]] = []
-    if tag:
-        filters.append({"tag": tag})
-    if file_type:
-        filters.append({"file_type": file_type.lower().lstrip(".")})
-    if kind:
-        filters.append({"kind": kind})
-    return None if not filters else filters[0] if len(filters) == 1 else {"$and": filters}
+    """Chroma's filter for the search filters people use (kept for callers that filter the dense side only)."""
+    return Filters(kind=kind, file_type=file_type, tag=tag).chroma()
+
+
+def fingerprint(text: str) -> str:
+    """Same words, same passage: quoted mail and copies in two files differ only in marks and spacing."""
+    return hashlib.blake2b(" ".join(words(text)).encode(), digest_size=12).hexdigest()
+
+
+def _heading_only(chunk: ChunkRecord) -> bool:
+    text = chunk.text.strip()
+    return len(text) <= HEADING_CHARS and not any(p in text for p in (".", "!", "?"))
 
 
 class Searcher:
-    def __init__(self, catalog: Catalog, index: Callable[[], VectorIndex], embedder: Embedder) -> None:
+    def __init__(
+        self, catalog: Catalog, index: Callable[[], VectorIndex], embedder: Embedder, weights: Weights = DEFAULT
+    ) -> None:
         self.catalog = catalog
         self._index = index
         self.embedder = embedder
+        self.weights = weights
+        self.lexical = Lexical(catalog)
 
-    def _dense(self, query: str, depth: int, where: dict[str, Any] | None) -> list[tuple[str, float]]:
-        index = self._index()
+    def _vector(self, text: str) -> Any:
+        """The query's vector, or None when there is no text for it or the vectors are being rebuilt."""
+        if not text:
+            return None
         try:
-            index.check_model()
+            self._index().check_model()
         except IndexMismatchError:
             # The vectors are being rebuilt for a new model: keywords answer meanwhile, not an error.
             if self.catalog.get_meta("reindex_target") is None:
                 raise
-            return []
-        vector = self.embedder.embed([query])[0]
-        return index.query(vector, depth, where)
+            return None
+        embed_query = getattr(self.embedder, "embed_query", None)
+        return embed_query(text) if embed_query else self.embedder.embed([text])[0]
+
+    def _dense(
+        self, vector: Any, depth: int, filters: Filters, where: dict[str, Any] | None, enough: int
+    ) -> dict[str, float]:
+        """Nearest chunks (id -> similarity) passing the filters. Chroma's own filter costs ~80 ms on 100,000
+        chunks (it lists every matching id first), so a filtered search first looks wider without it and
+        keeps what the catalog allows; only when that finds too few documents does Chroma filter."""
+        index = self._index()
+        chroma = filters.chroma()
+        if where is not None:
+            return dict(index.query(vector, depth, where if chroma is None else {"$and": [chroma, where]}))
+        if not filters:
+            return dict(index.query(vector, depth, None))
+        wide = index.query(vector, 5 * depth, None)
+        recs = self.catalog.chunks_by_id([c for c, _ in wide])
+        ok = self.lexical.allowed({c.doc_id for c in recs.values()}, filters)
+        kept = [(c, s) for c, s in wide if c in recs and recs[c].doc_id in ok]
+        if len({recs[c].doc_id for c, _ in kept}) >= enough or chroma is None:
+            return dict(kept[:depth])
+        return dict(index.query(vector, depth, chroma))
 
     def search(
-        self, query: str, k: int = 10, where: dict[str, Any] | None = None, *, tag: str | None = None
+        self, query: str, k: int = 10, where: dict[str, Any] | None = None, *, tag: str | None = None,
+        filters: Filters | None = None, passages: int = 3,
     ) -> list[Hit]:
-        """Top k passages. `where` filters the dense side only (the keyword side is then left out); `tag`
-        filters both sides."""
-        query = query.strip()
-        if not query:
-            return []
-        depth = max(4 * k, 40)
-        dense_where = where
+        """Top k documents with their best passages. `filters` apply to both sides; a raw Chroma `where`
+        (any chunk metadata) can only filter the dense side, so with it the keyword side is left out."""
         if tag:
-            tagged = where_clause(tag=tag)
-            dense_where = tagged if where is None else {"$and": [where, tagged]}
-        dense = self._dense(query, depth, dense_where)
-        lexical = [] if where else self.catalog.lexical_search(query, depth, tag=tag or None)
-        fused: dict[str, float] = {}
-        for ranked in (dense, lexical):
-            for rank, (cid, _score) in enumerate(ranked):
-                fused[cid] = fused.get(cid, 0.0) + 1.0 / (RRF_K + rank + 1)
-        similarity = dict(dense)
-        chunks = self.catalog.chunks_by_id(list(fused))
-        for cid, rec in chunks.items():
-            if rec.role is not None:
-                fused[cid] *= ROLE_WEIGHT
-        order = sorted(fused, key=lambda c: fused[c], reverse=True)
-        docs = self.catalog.documents({c.doc_id for c in chunks.values()})
+            filters = Filters(**{**(filters or Filters()).__dict__, "tag": tag})
+        return self.run(query, k, filters, passages=passages, where=where).hits
+
+    def run(
+        self, text: str, k: int = 10, filters: Filters | None = None, *, passages: int = 3,
+        where: dict[str, Any] | None = None, mode: str = "hybrid",
+    ) -> SearchResult:
+        """The whole search: parse, both sides filtered, fused per document, passages, facets."""
+        filters = filters or Filters()
+        query = parse(text.strip())
+        if not query:
+            return SearchResult([])
+        depth_chunks = max(10 * k, 100) * (4 if where else 1)
+        sides = self.sides(query, max(5 * k, 50), depth_chunks, filters, where=where, mode=mode)
+        dense_docs, lexical_docs = sides.dense_docs, sides.lexical_docs
+        records, dense_chunks = sides.records, sides.dense_chunks
+        fused = fuse(dense_docs, lexical_docs, self.weights)
+        # Ties (one side's best against the other's best) go to the keyword match: it is the exact one.
+        order = sorted(fused, key=lambda d: (-round(fused[d], 9), -lexical_docs.get(d, 0.0)))
+        facets = self.lexical.facets(order)
+        top = order[: 2 * k + 5]  # slack for documents collapsed as duplicates or mid-update
+        docs = self.catalog.documents(top)
+        top = [d for d in top if d in docs and docs[d].status == DOC_INDEXED]
+
+        by_doc = self._passages(query, top, records, dense_chunks, filters, mode)
         hits: list[Hit] = []
-        for cid in order:
-            chunk = chunks.get(cid)
-            doc = docs.get(chunk.doc_id) if chunk else None
-            if chunk is None or doc is None or doc.status != DOC_INDEXED:
-                continue  # a document mid-update or being removed
-            hits.append(Hit(chunk, doc, fused[cid], similarity.get(cid), snippet(chunk.text, query)))
+        seen: set[str] = set()
+        collapsed = 0
+        for doc_id in top:
+            kept = []
+            for p in by_doc.get(doc_id, []):
+                fp = fingerprint(p.chunk.text)
+                if fp in seen:
+                    continue
+                seen.add(fp)
+                kept.append(p)
+            if not kept:
+                collapsed += 1
+                continue
+            sims = [p.similarity for p in kept if p.similarity is not None]
+            kept = kept[: max(1, passages)]
+            for p in kept:  # snippets only for what is shown: matching costs more than the search itself
+                p.snippet, p.highlights = snippet(p.shown or p.chunk.text, query)
+            hits.append(Hit(docs[doc_id], fused[doc_id], kept, max(sims) if sims else None))
             if len(hits) == k:
                 break
         containers = self.catalog.containers(h.document.id for h in hits)
         for h in hits:
             h.message = containers.get(h.document.id)
-        return hits
+        return SearchResult(hits, facets, collapsed)
+
+    def sides(
+        self, query: Query, depth_docs: int, depth_chunks: int, filters: Filters, *,
+        where: dict[str, Any] | None = None, mode: str = "hybrid",
+    ) -> Sides:
+        """Each side's score per document, both filtered the same way (and exclusions removed) before fusion:
+        dense is a document's best chunk similarity, lexical its BM25 over the whole text."""
+        excluded = self.lexical.excluded(query)
+
+        dense_chunks: dict[str, float] = {}
+        if mode != "lexical":
+            vector = self._vector(query.dense_text)
+            if vector is not None:
+                dense_chunks = self._dense(vector, depth_chunks, filters, where, max(10, depth_docs // 5))
+        lexical_docs: dict[int, float] = {}
+        if mode != "dense" and where is None:
+            lexical_docs = self.lexical.documents(query, depth_docs, filters)
+
+        records = self.catalog.chunks_by_id(list(dense_chunks))
+        allowed = self.lexical.allowed({c.doc_id for c in records.values()}, filters) - excluded
+        dense_docs: dict[int, float] = {}
+        for cid, sim in dense_chunks.items():
+            rec = records.get(cid)
+            if rec is None or rec.doc_id not in allowed:
+                continue
+            s = sim * (ROLE_WEIGHT if rec.role else 1.0)
+            dense_docs[rec.doc_id] = max(dense_docs.get(rec.doc_id, -1.0), s)
+        lexical_docs = {d: s for d, s in lexical_docs.items() if d not in excluded}
+        if lexical_docs:
+            # A meeting's summary restates its transcript: its words count at ROLE_WEIGHT on the keyword side
+            # too (its chunks, role "summary", already do on the meaning side), so the recording comes first.
+            ids = list(lexical_docs)
+            marks = ",".join("?" * len(ids))
+            for r in self.catalog.read(f"SELECT id FROM documents WHERE kind='summary' AND id IN ({marks})", ids):
+                lexical_docs[r["id"]] *= ROLE_WEIGHT
+
+        return Sides(dense_docs, lexical_docs, records, dense_chunks)
+
+    def _passages(
+        self, query: Query, doc_ids: list[int], records: dict[str, ChunkRecord], dense: dict[str, float],
+        filters: Filters, mode: str,
+    ) -> dict[int, list[Passage]]:
+        """Each document's chunks scored by both sides (normalised over these documents), best first."""
+        wanted = set(doc_ids)
+        lex: dict[str, float] = {}
+        if mode != "dense":
+            lex = {cid: s for cid, d, s in self.lexical.passages(query, 50 * max(1, len(doc_ids)), filters, doc_ids)}
+        dense_here = {c: s for c, s in dense.items() if c in records and records[c].doc_id in wanted}
+        # Divided by the best rather than min-max: among a few passages of one document, min-max would put
+        # the weakest at zero on each side and let a short signature tie the document's own words.
+        scores = fuse(dense_here, lex, Weights(self.weights.dense, self.weights.lexical, "max"))
+        missing = [c for c in scores if c not in records]
+        records = {**records, **self.catalog.chunks_by_id(missing)} if missing else records
+        # A document matched only as a whole (its words spread over chunks): its first chunk stands for it.
+        found = {records[c].doc_id for c in scores if c in records}
+        for doc_id in wanted - found:
+            rows = self.catalog.read("SELECT id FROM chunks WHERE doc_id=? ORDER BY seq LIMIT 1", (doc_id,))
+            if rows:
+                scores[rows[0]["id"]] = 0.0
+        fetch = [c for c in scores if c not in records]
+        if fetch:
+            records = {**records, **self.catalog.chunks_by_id(fetch)}
+        out: dict[int, list[Passage]] = {}
+        heads: dict[tuple[int, int], str] = {}
+        for cid in sorted(scores, key=lambda c: -scores[c]):
+            rec = records.get(cid)
+            if rec is None:
+                continue
+            if rec.role is None and _heading_only(rec):
+                heads[(rec.doc_id, rec.seq)] = cid
+            s = scores[cid] * (ROLE_WEIGHT if rec.role else 1.0)
+            out.setdefault(rec.doc_id, []).append(Passage(rec, s, dense.get(cid)))
+        # A heading alone is a poor passage: the chunk after it is shown in its place, with its score.
+        followers = self.lexical.heading_followers(list(heads))
+        nxt = self.catalog.chunks_by_id(list(followers.values())) if followers else {}
+        for doc_id, plist in out.items():
+            for i, p in enumerate(plist):
+                follow = nxt.get(followers.get((doc_id, p.chunk.seq), ""))
+                if follow is not None and all(q.chunk.id != follow.id for q in plist):
+                    plist[i] = Passage(follow, p.score, p.similarity, shown=p.chunk.text + "\n" + follow.text)
+            plist.sort(key=lambda p: -p.score)
+        return out
 
 
-def snippet(text: str, query: str, width: int = 240) -> str:
-    """A window of the chunk around the first query term it contains, on word boundaries."""
-    flat = " ".join(text.split())
-    if len(flat) <= width:
-        return flat
-    terms = [t for t in re.findall(r"\w+", query.lower()) if len(t) > 2]
-    low = flat.lower()
-    hits = [i for i in (low.find(t) for t in terms) if i >= 0]
-    centre = min(hits) if hits else 0
-    start = max(0, centre - width // 3)
-    end = min(len(flat), start + width)
-    start = max(0, end - width)
-    if start > 0:
-        start = flat.find(" ", start) + 1 or start
-    if end < len(flat):
-        end = flat.rfind(" ", start, end) if flat.rfind(" ", start, end) > start else end
-    return ("…" if start > 0 else "") + flat[start:end] + ("…" if end < len(flat) else "")
+__all__ = ["Filters", "Hit", "Passage", "SearchResult", "Searcher", "Weights", "normalise", "where_clause"]

@@ -31,8 +31,14 @@ class Library(Protocol):
     def status(self) -> dict[str, Any]: ...
 
     def search(
-        self, query: str, k: int = 5, kind: str | None = None, file_type: str | None = None, tag: str | None = None
+        self, query: str, k: int = 5, kind: str | None = None, file_type: str | None = None, tag: str | None = None,
+        source: str | None = None, after: str | None = None, before: str | None = None,
     ) -> list[dict[str, Any]]: ...
+
+    def search_page(
+        self, query: str, k: int = 5, kind: str | None = None, file_type: str | None = None, tag: str | None = None,
+        source: str | None = None, after: str | None = None, before: str | None = None,
+    ) -> dict[str, Any]: ...
 
     def submit_ingest(self, paths: Sequence[str], *, force: bool = False, mirror: bool = True) -> str: ...
 
@@ -61,6 +67,10 @@ class SearchRequest:
     kind: str | None = None
     file_type: str | None = None
     tag: str | None = None  # a watched folder's (or mail account's) tag
+    source: str | None = None  # "file" or "mail"
+    after: str | None = None  # ISO date, inclusive: the document's date (written, else modified, else added)
+    before: str | None = None
+    facets: bool = False  # answer {"hits": [...], "facets": {...}} instead of the list of hits
 
 
 @dataclass
@@ -141,9 +151,13 @@ def create_api(library: Library) -> Litestar:
         return library.status()
 
     @post(f"{API}/search", sync_to_thread=True, status_code=200)
-    def search(data: SearchRequest) -> list[dict[str, Any]]:
+    def search(data: SearchRequest) -> list[dict[str, Any]] | dict[str, Any]:
         k = max(1, min(200, data.k))
-        return library.search(data.query, k=k, kind=data.kind, file_type=data.file_type, tag=data.tag)
+        page = library.search_page(
+            data.query, k=k, kind=data.kind, file_type=data.file_type, tag=data.tag, source=data.source,
+            after=data.after, before=data.before,
+        )
+        return page if data.facets else list(page["hits"])
 
     @post(f"{API}/ask", sync_to_thread=False, status_code=200)
     def ask(data: AskRequest) -> Stream:

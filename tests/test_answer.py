@@ -22,7 +22,7 @@ from retrieval.answer import (
     to_json,
 )
 from retrieval.citations import check_citations, content_words, neutralize, supports
-from retrieval.search import Hit
+from retrieval.search import Hit, Passage
 
 NORMANS = (
     "The Normans were the people who in the 10th and 11th centuries gave their name to Normandy, "
@@ -62,7 +62,8 @@ def hit(n: int, text: str, similarity: float | None = 0.6, title: str = "doc") -
         created_at=None, modified_at=None, size=None, status="indexed", chunk_count=1, meta={}, added_at=0.0,
         indexed_at=0.0, paths=[f"file:///docs/{n}.txt"],
     )
-    return Hit(chunk, doc, score=1.0 / n, similarity=similarity, snippet=text[:50])
+    return Hit(doc, score=1.0 / n, passages=[Passage(chunk, 1.0 / n, similarity, snippet=text[:50])],
+               similarity=similarity)
 
 
 def searcher(*hits: Hit):  # type: ignore[no-untyped-def]
