@@ -31,7 +31,7 @@ def real_embedder() -> SentenceTransformerEmbedder:
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory, real_embedder: SentenceTransformerEmbedder) -> Iterator[App]:
     """A real App (the real model, embedded Chroma, parsing in-process) shared by one test module."""
-    settings = load_settings(data_dir=tmp_path_factory.mktemp("app") / "data", workers=0)
+    settings = load_settings(data_dir=tmp_path_factory.mktemp("app") / "data", workers=0, summary_llm=False)
     application = App(settings, embedder=real_embedder)
     yield application
     application.close()
