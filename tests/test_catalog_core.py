@@ -17,6 +17,7 @@ from kb.migrations import LATEST
 from kb.paths import display, from_uri, to_uri
 
 OLD = Path(__file__).parent / "data" / "catalog-foundation-v1.sqlite3"
+SERVICE_V4 = Path(__file__).parent / "data" / "catalog-service-v4.sqlite3"
 
 
 class Clock:
@@ -66,6 +67,31 @@ def test_a_newer_catalog_is_refused(tmp_path: Path) -> None:
         db.execute("INSERT INTO schema_migrations(version, name, applied_at) VALUES (?, 'future', 0)", (LATEST + 1,))
     with pytest.raises(CatalogError, match="newer kb"):
         Catalog(tmp_path / "c.sqlite3")
+
+
+def test_a_catalog_of_the_service_core_upgrades_and_its_text_is_found(tmp_path: Path) -> None:
+    """A catalog written by the previous code (schema 4: jobs, claims, outcomes) gains tags, mail sync state,
+    chunk roles and the new keyword indexes (built from its rows) through recorded migrations 5 and 6."""
+    from retrieval.filters import Filters
+    from retrieval.lexical import Lexical
+    from retrieval.query import parse
+
+    path = tmp_path / "catalog.sqlite3"
+    shutil.copy(SERVICE_V4, path)
+    before = sqlite3.connect(path).execute("SELECT max(version) FROM schema_migrations").fetchone()[0]
+    assert before == 4
+    cat = Catalog(path)
+    versions = [r["version"] for r in cat.execute("SELECT version FROM schema_migrations ORDER BY version")]
+    assert versions == list(range(1, LATEST + 1))
+    sources = {from_uri(s.uri).name: s for s in cat.all_sources()}
+    assert set(sources) == {"keeper.txt", "memo.eml"}
+    assert all(s.tag is None and s.parent_uri is None and s.status == "indexed" for s in sources.values())
+    assert cat.execute("SELECT count(*) n FROM mail_folders")[0]["n"] == 0
+    assert {r["role"] for r in cat.execute("SELECT role FROM chunks")} == {None}
+    found = Lexical(cat).documents(parse('"leaking boiler"'), 5, Filters())
+    assert list(found) == [sources["memo.eml"].doc_id]
+    found = Lexical(cat).documents(parse("wick AND lighthouse"), 5, Filters())
+    assert list(found) == [sources["keeper.txt"].doc_id]
 
 
 def test_migrations_run_once(tmp_path: Path) -> None:

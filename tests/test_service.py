@@ -75,7 +75,7 @@ def meta(data: Path, key: str) -> str | None:
     return str(rows[0][0]) if rows else None
 
 
-def wait_for(what: str, check: Callable[[], T | None], timeout: float, *, interval: float = 0.1,
+def wait_for(what: str, check: Callable[[], T | None], timeout: float = 15.0, *, interval: float = 0.05,
              why: Callable[[], str] = lambda: "") -> T:
     """Poll until check() returns something truthy; fail with `what` (and why()) after timeout seconds."""
     deadline = time.monotonic() + timeout

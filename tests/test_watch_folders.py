@@ -12,10 +12,11 @@ import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from conftest import AppFactory
+from test_service import wait_for
 
 from kb.embedding import HashEmbedder
 from kb.paths import ignored
@@ -25,20 +26,6 @@ from watchers.folders import FolderWatcher
 from watchers.health import HealthBoard
 from watchers.mounts import filesystem_type
 from watchers.settle import Settler
-
-T = TypeVar("T")
-
-
-def wait_for(what: str, check: Callable[[], T], timeout: float = 15.0, why: Callable[[], Any] = lambda: "") -> T:
-    """Poll until check() is truthy; fail naming `what` (and why()) after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{why()}")
-        time.sleep(0.05)
 
 
 class Mirror:
