@@ -140,17 +140,18 @@ def run_service(
         if live is not None:
             live.clear()
         echo("kb: stopping: finishing or requeueing work in flight")
-        if mail is not None:
-            mail.stop()
-        watcher.stop()
+        # the watchers first, so nothing new is queued while the work in flight finishes
+        for w in (mail, watcher):
+            if w is not None:
+                w.stop()
+        mail = watcher = None
         app.stop_workers(grace_s=10.0)
     finally:
         if live is not None:
             live.clear()
-        if mail is not None:
-            mail.stop()
-        if watcher is not None:
-            watcher.stop()
+        for w in (mail, watcher):  # after an error: stopped here instead
+            if w is not None:
+                w.stop()
         owner.close()
         for s, h in old.items():
             signal.signal(s, h)
