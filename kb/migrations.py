@@ -265,6 +265,38 @@ def _search(db: sqlite3.Connection) -> None:
         db.execute("INSERT INTO docs_fts(rowid, title, text) VALUES (?,?,?)", (doc_id, title or "", text))
 
 
+
+# Mail out: the durable outbox (every e-mail is written here before it is sent, under an idempotency key)
+# and the schedules (the digest's last run, so a service that was down at 8:00 sends it once on return).
+_OUTBOX = """
+CREATE TABLE outbox(
+    id INTEGER PRIMARY KEY,
+    key TEXT NOT NULL UNIQUE,           -- idempotency key: meeting:<content hash>, digest:<period end>, ...
+    kind TEXT NOT NULL,                 -- meeting, digest, test
+    message_id TEXT NOT NULL,           -- derived from the key: a duplicate after a crash is recognisable
+    subject TEXT NOT NULL,
+    recipients TEXT NOT NULL,           -- JSON list of envelope addresses, from the settings at queue time
+    message BLOB NOT NULL,              -- the whole message as sent (RFC 5322, CRLF)
+    state TEXT NOT NULL,                -- queued, sending, sent, failed
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL,
+    lease_until REAL,                   -- while sending: after this, the sender is presumed dead
+    last_error TEXT,
+    reply TEXT,                         -- the server's final answer
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    sent_at REAL
+);
+CREATE INDEX outbox_due ON outbox(state, next_attempt);
+CREATE TABLE schedules(
+    name TEXT PRIMARY KEY,              -- digest
+    last_fire REAL,                     -- the scheduled time of the last run done (or skipped)
+    covered_until REAL,                 -- what arrived up to here was in a digest already
+    last_outcome TEXT,                  -- queued, skipped, manual
+    updated_at REAL NOT NULL
+);
+"""
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "baseline", _script(_BASELINE)),
     Migration(2, "jobs, claims, source warnings, pipeline versions", _script(_JOBS)),
@@ -272,6 +304,7 @@ MIGRATIONS: list[Migration] = [
     Migration(4, "per-request job outcomes", _script(_BATCH_OUTCOMES)),
     Migration(5, "folder tags, mail sync state, chunk roles", _script(_WATCHERS)),
     Migration(6, "search indexes: folded words, trigrams, whole documents", _search),
+    Migration(7, "mail out: outbox and schedules", _script(_OUTBOX)),
 ]
 LATEST = MIGRATIONS[-1].version
 

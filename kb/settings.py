@@ -29,6 +29,26 @@ DEFAULT_IGNORE = [
 ]
 
 
+def _password(env: str | None, file: Path | None) -> SecretStr | None:
+    """A password from an environment variable or the first line of a file (never from kb.toml itself)."""
+    if env:
+        value = os.environ.get(env)
+        if value is None:
+            raise ValueError(f"password_env names {env!r}, which is not set")
+        return SecretStr(value)
+    if file:
+        try:
+            first = file.expanduser().read_text().splitlines()
+        except OSError as exc:
+            raise ValueError(f"cannot read password_file: {exc.strerror or exc}") from None
+        return SecretStr(first[0] if first else "")
+    return None
+
+
+def _is_loopback(host: str) -> bool:
+    return host.strip("[]").lower() in _LOOPBACK
+
+
 class WatchedFolder(BaseModel):
     """A folder the service mirrors into the library; written as a path, or a table with a tag."""
 
@@ -80,7 +100,7 @@ class MailAccount(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> MailAccount:
-        if self.security == "none" and self.host.strip("[]").lower() not in _LOOPBACK:
+        if self.security == "none" and not _is_loopback(self.host):
             raise ValueError(
                 f"security 'none' sends the password in clear text: only allowed to 127.0.0.1/::1/localhost, "
                 f"not {self.host!r}; use 'tls' or 'starttls'"
@@ -88,21 +108,81 @@ class MailAccount(BaseModel):
         if self.port is None:
             self.port = 993 if self.security == "tls" else 143
         if self.password is None:
-            if self.password_env:
-                value = os.environ.get(self.password_env)
-                if value is None:
-                    raise ValueError(f"password_env names {self.password_env!r}, which is not set")
-                self.password = SecretStr(value)
-            elif self.password_file:
-                try:
-                    first = self.password_file.expanduser().read_text().splitlines()
-                except OSError as exc:
-                    raise ValueError(f"cannot read password_file: {exc.strerror or exc}") from None
-                self.password = SecretStr(first[0] if first else "")
-            else:
+            self.password = _password(self.password_env, self.password_file)
+            if self.password is None:
                 raise ValueError("set password_env (an environment variable) or password_file")
         if not self.folders:
             raise ValueError("folders: name at least one mailbox folder, e.g. ['INBOX']")
+        return self
+
+
+_ADDR = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
+
+
+def mail_address(value: str) -> str:
+    """A checked e-mail address, 'a@example.org' or 'Name <a@example.org>' (no line breaks, ASCII address)."""
+    from email.utils import formataddr, parseaddr
+
+    v = value.strip()
+    if not v or any(ord(c) < 32 or ord(c) == 127 for c in v):
+        raise ValueError(f"{value!r} is not an e-mail address (empty, or holds control characters)")
+    name, addr = parseaddr(v)
+    if not _ADDR.match(addr) or ("<" in v) != bool(v.endswith(">")):
+        raise ValueError(f"{value!r} is not an e-mail address like 'a@example.org' or 'Name <a@example.org>'")
+    return formataddr((name, addr)) if name else addr
+
+
+class SmtpServer(BaseModel):
+    """Where summary e-mails and digests go out, and to whom. Recipients come only from here: nothing a
+    document says can add one. The password comes from the environment or a file, as for MailAccount."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str
+    port: int | None = Field(None, ge=1, le=65535, description="Default 465 for tls, 587 for starttls, 25 for none.")
+    security: Literal["tls", "starttls", "none"] = Field(
+        "starttls", description="'tls' (implicit TLS), 'starttls', or 'none' (only to a loopback address)."
+    )
+    username: str | None = Field(None, description="Log in as this user; unset: send without logging in.")
+    password_env: str | None = Field(None, description="Environment variable holding the password.")
+    password_file: Path | None = Field(None, description="File holding the password (first line).")
+    password: SecretStr | None = Field(None, exclude=True, description="Resolved from password_env/password_file.")
+    sender: str = Field(description="The From address, e.g. 'kb <kb@example.org>'.")
+    recipients: list[str] = Field(description="Who gets the summaries and digests (a list, or comma-separated).")
+    verify_tls: bool = Field(True, description="Check the server's certificate.")
+    timeout_s: float = Field(30.0, gt=0, le=600, description="Network timeout of one SMTP conversation.")
+
+    @field_validator("recipients", mode="before")
+    @classmethod
+    def _split(cls, v: Any) -> Any:
+        return [x for x in v.split(",") if x.strip()] if isinstance(v, str) else v
+
+    @field_validator("recipients")
+    @classmethod
+    def _recipients(cls, v: list[str]) -> list[str]:
+        out = list(dict.fromkeys(mail_address(x) for x in v))
+        if not out:
+            raise ValueError("name at least one recipient")
+        return out
+
+    @field_validator("sender")
+    @classmethod
+    def _sender(cls, v: str) -> str:
+        return mail_address(v)
+
+    @model_validator(mode="after")
+    def _check(self) -> SmtpServer:
+        if self.security == "none" and not _is_loopback(self.host):
+            raise ValueError(
+                f"security 'none' sends mail (and any password) in clear text: only allowed to "
+                f"127.0.0.1/::1/localhost, not {self.host!r}; use 'tls' or 'starttls'"
+            )
+        if self.port is None:
+            self.port = {"tls": 465, "starttls": 587, "none": 25}[self.security]
+        if self.password is None:
+            self.password = _password(self.password_env, self.password_file)
+        if self.username and self.password is None:
+            raise ValueError("username is set: set password_env (an environment variable) or password_file")
         return self
 
 
@@ -215,6 +295,38 @@ class Settings(BaseSettings):
         "(calibrated with bench/qa.py --calibrate).",
     )
 
+    # web service (shared with issue 9)
+    host: str = Field("127.0.0.1", description="Address the web service listens on.")
+    port: int = Field(8750, ge=1, le=65535, description="Port the web service listens on.")
+    base_url: str | None = Field(
+        None, description="Where people reach the web UI (links in e-mails), e.g. https://kb.example.org; "
+        "default http://host:port."
+    )
+
+    # mail out
+    smtp: SmtpServer | None = Field(None, description="SMTP server for meeting summaries and digests; unset: none.")
+    meeting_mail_tags: list[str] = Field(
+        default_factory=list,
+        description="Meetings from the folders or mail accounts with these tags get their summary mailed; "
+        "'*' mails every meeting.",
+    )
+    meeting_mail_max_age_days: float = Field(
+        2.0, gt=0, description="Meetings added to the library longer ago are not mailed (a remade old summary)."
+    )
+    digest_cron: str | None = Field(
+        None, description="When the digest goes out, as a cron expression ('0 8 * * *': daily at 8:00); unset: never."
+    )
+    digest_skip_empty: bool = Field(True, description="No digest when nothing is new since the last one.")
+    mail_timezone: str = Field("UTC", description="Time zone of digest_cron and of dates in e-mails (IANA name).")
+    outbox_retry_base_s: float = Field(60.0, gt=0, description="First retry of an unsent e-mail; doubles each time.")
+    outbox_retry_max_s: float = Field(3600.0, gt=0, description="Longest wait between two tries of an e-mail.")
+    outbox_max_attempts: int = Field(
+        24, ge=1, le=1000, description="Tries before an e-mail the server keeps refusing for a passing reason fails."
+    )
+    outbox_poll_s: float = Field(
+        15.0, gt=0, description="How often the service looks for e-mails queued by other kb commands."
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -268,6 +380,44 @@ class Settings(BaseSettings):
         if v and not v.startswith(("http://", "https://")):
             raise ValueError("expected a URL like http://127.0.0.1:8080/v1")
         return v.rstrip("/") if v else None
+
+    @field_validator("meeting_mail_tags")
+    @classmethod
+    def _mail_tags(cls, v: list[str]) -> list[str]:
+        for t in v:
+            if t != "*" and not _NAME.match(t):
+                raise ValueError(f"{t!r}: a tag is 1-64 letters, digits, '_', '.' or '-' (or '*': every meeting)")
+        return v
+
+    @field_validator("digest_cron")
+    @classmethod
+    def _cron(cls, v: str | None) -> str | None:
+        v = (v or "").strip()
+        if not v:
+            return None
+        from croniter import croniter
+
+        if len(v.split()) != 5 or not croniter.is_valid(v):
+            raise ValueError("expected a cron expression of 5 fields, e.g. '0 8 * * *' (daily at 8:00)")
+        return v
+
+    @field_validator("mail_timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("not a known time zone; expected an IANA name like 'Europe/Berlin' or 'UTC'") from None
+        return v
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, v: str | None) -> str | None:
+        if v and not v.startswith(("http://", "https://")):
+            raise ValueError("expected a URL like https://kb.example.org")
+        return v or None
 
     @field_validator("llm_api_key_env")
     @classmethod
@@ -334,6 +484,10 @@ class Settings(BaseSettings):
 
         digest = hashlib.sha256(os.fsencode(self.data_dir.resolve())).hexdigest()[:16]
         return Path(tempfile.gettempdir()) / f"kb-{os.getuid()}-{digest}" / "kb.sock"
+
+    def public_url(self) -> str:
+        """The web UI's address as people reach it (links in e-mails): base_url, else http://host:port."""
+        return self.base_url.rstrip("/") if self.base_url else f"http://{self.host}:{self.port}"
 
     @property
     def max_file_bytes(self) -> int:

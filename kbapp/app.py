@@ -42,6 +42,7 @@ from watchers.health import HealthBoard
 
 if TYPE_CHECKING:  # the IMAP client loads only when mail is wanted; the answer model only when asked
     from kb.llm import LanguageModel
+    from kbapp.mailout import MailOut
     from watchers.health import HealthBoard
     from watchers.mail import MailWatcher
 
@@ -313,15 +314,41 @@ class App:
             jobs=self.jobs, mail_blobs=self.mail_blobs, parts=BlobStore(self.settings.blobs_dir / "parts"),
             slow_lane_bytes=int(self.settings.slow_lane_mb * 2**20),
         )
+        summarize: Any = SummarizeHandler(self.catalog, self.store, self.summary_model)
+        if self.mailout is not None and self.settings.meeting_mail_tags:
+            from kbapp.mailout import MeetingMail
+
+            summarize = MeetingMail(summarize, self.mailout)  # a summarized meeting gets its e-mail queued
         return {
             "ingest": AfterIngest(ingest, self.catalog, self.jobs),  # a stored meeting gets its summary queued
-            "summarize": SummarizeHandler(self.catalog, self.store, self.summary_model),
+            "summarize": summarize,
             "forget": ForgetHandler(self.catalog, self.store),
             "move": MoveHandler(self.catalog, self.store, self.scanner),
             "scan": ScanHandler(self.scanner, self.jobs, on_scanned=self._scanned),
             "repair": RepairHandler(self.catalog, self.store),
             "reindex": ReindexHandler(self.catalog, lambda: self.vectors, self.embedder, self.store, self._swap_index),
         }
+
+    # -- mail out -------------------------------------------------------------------------------
+    @cached_property
+    def mailout(self) -> MailOut | None:
+        """Meeting e-mails, the digest and the outbox sender; None when no SMTP server is configured."""
+        if self.settings.smtp is None:
+            return None
+        from kbapp.mailout import MailOut
+
+        return MailOut(self.settings, self.catalog)
+
+    def start_mailout(self) -> MailOut | None:
+        """The service sends mail: the outbox and the digest's schedule run in a thread of their own."""
+        if self.mailout is not None:
+            self.mailout.start()
+        return self.mailout
+
+    def stop_mailout(self) -> None:
+        mailout = self.__dict__.get("mailout")
+        if mailout is not None:
+            mailout.stop()
 
     # -- running ----------------------------------------------------------------------------------
     def recover(self) -> RecoveryReport:
@@ -548,6 +575,8 @@ class App:
         from watchers.mail import folder_status
 
         stats["mail_folders"] = folder_status(self.catalog)
+        if self.mailout is not None:
+            stats["mail_out"] = self.mailout.status()
         for f in stats["failures"]:
             f["path"] = display(f["path"])
         for w in stats["warnings"]:
@@ -577,6 +606,7 @@ class App:
 
     def close(self) -> None:
         self.stop_workers(grace_s=0)
+        self.stop_mailout()
         for parsers in self._warm_parsers.values():
             for p in parsers:
                 p.close()

@@ -108,6 +108,7 @@ def run_service(
     try:
         app.warm_up()  # the model and a parser process load now, not inside the first person's request
         app.start_workers()
+        _start_mailout(app, echo)
         inbox = [str(p) for p in app.settings.inbox_paths]
         for p in app.settings.inbox_paths:
             # A new folder is created; one the library already holds documents from is not: missing, it is
@@ -147,6 +148,7 @@ def run_service(
         mail = watcher = None
         app.stop_workers(grace_s=10.0)
     finally:
+        app.stop_mailout()
         if live is not None:
             live.clear()
         for w in (mail, watcher):  # after an error: stopped here instead
@@ -155,3 +157,16 @@ def run_service(
         owner.close()
         for s, h in old.items():
             signal.signal(s, h)
+
+
+def _start_mailout(app: App, echo: Callable[[str], None]) -> None:
+    """Mail out (issue 10): the outbox sender and the digest's schedule, when an SMTP server is configured."""
+    mailout = app.start_mailout()
+    s = app.settings
+    if mailout is None or s.smtp is None:
+        return
+    digest = ""
+    nxt = mailout.next_digest()
+    if s.digest_cron and nxt is not None:
+        digest = f"; digest '{s.digest_cron}' ({s.mail_timezone}), next {mailout.composer.when(nxt)}"
+    echo(f"kb: sending mail through {s.smtp.host}:{s.smtp.port} to {', '.join(s.smtp.recipients)}{digest}")
