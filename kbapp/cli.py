@@ -517,6 +517,24 @@ def _print_status(stats: dict[str, Any]) -> None:
         click.echo("warnings:")
         for w in stats["warnings"]:
             click.echo(f"  {w['path']}\n      {w['warning']}")
+    _print_mail_out(stats.get("mail_out"))
+
+
+def _print_mail_out(m: dict[str, Any] | None) -> None:
+    """The outbox and the digest (issue 10): counts, what failed or waits, the next digest."""
+    if not m:
+        return
+    counts = m["counts"]
+    click.echo("mail out:  " + (", ".join(f"{k} {n}" for k, n in sorted(counts.items())) or "nothing sent yet"))
+    if m["last_sent"]:
+        click.echo(f"  last sent {_when(m['last_sent']['sent_at'])}: {m['last_sent']['subject']}")
+    d = m["digest"]
+    if d["cron"]:
+        click.echo(f"  digest '{d['cron']}' ({d['timezone']}): next {_when(d['next_run'])}"
+                   + (f", last {d['last_outcome']} {_when(d['last_run'])}" if d["last_run"] else ""))
+    for p in m["problems"]:
+        retry = f" (next try {_when(p['retry_at'])})" if p["retry_at"] else " (failed: `kb mail outbox --retry`)"
+        click.echo(f"  {p['subject']}\n      {p['error']}{retry}")
 
 
 @main.command()
@@ -605,19 +623,36 @@ def mail() -> None:
 
 @mail.command("test")
 @click.argument("account", required=False)
+@click.option("--send", is_flag=True, help="Also send a test message through the SMTP server (setting 'smtp').")
 @click.pass_obj
 @_errors
-def mail_test(obj: Context, account: str | None) -> None:
-    """Check mail accounts (all, or ACCOUNT): connect, log in, open each folder read-only, count new mail.
+def mail_test(obj: Context, account: str | None, send: bool) -> None:
+    """Check mail accounts (all, or ACCOUNT): connect, log in, open each folder read-only, count new mail;
+    and the SMTP server (setting 'smtp'): connect and log in, with --send send a test message.
 
-    Changes nothing, on the server or in the library; works whether or not the service runs.
+    Changes nothing in the library; works whether or not the service runs.
     """
+    s = _settings_or_exit(obj)
+    if send and s.smtp is None:
+        click.echo("kb: --send: no SMTP server configured (add an [smtp] table to kb.toml)", err=True)
+        sys.exit(1)
+    if not s.mail and s.smtp is None:
+        click.echo("kb: no mail accounts configured (add a [[mail]] table, or [smtp], to kb.toml)", err=True)
+        sys.exit(1)
+    if send and account is not None:
+        raise click.UsageError("--send checks the SMTP server: leave out ACCOUNT (an IMAP account)")
+    bad = False
+    if s.mail:
+        bad = _imap_test(s, account) or bad
+    if s.smtp is not None and account is None:
+        bad = _smtp_test(s, send=send) or bad
+    sys.exit(1 if bad else 0)
+
+
+def _imap_test(s: Settings, account: str | None) -> bool:
+    """`kb mail test` for the IMAP accounts; True when something is wrong."""
     from watchers.mail import check_account, read_folder_states
 
-    s = _settings_or_exit(obj)
-    if not s.mail:
-        click.echo("kb: no mail accounts configured (add a [[mail]] table to kb.toml)", err=True)
-        sys.exit(1)
     accounts = [a for a in s.mail if account is None or a.name == account]
     if not accounts:
         names = ", ".join(a.name for a in s.mail)
@@ -641,7 +676,138 @@ def mail_test(obj: Context, account: str | None) -> None:
                 bad = True
             else:
                 click.echo(f"  {f.folder}: {f.messages} messages, {f.new} new to kb")
-    sys.exit(1 if bad else 0)
+    return bad
+
+
+def _smtp_test(s: Settings, *, send: bool) -> bool:
+    """`kb mail test` for the SMTP server: log in (and with `send`, send a test message straight away, not
+    through the outbox, to show the server's answer now); True when something is wrong."""
+    from kb.catalog import Catalog
+    from kb.smtp import SendError, SmtpTransport
+    from kbapp.mailout import Composer
+
+    assert s.smtp is not None
+    catalog = Catalog(s.catalog_path)
+    try:
+        transport = SmtpTransport(s.smtp)
+        try:
+            if not send:
+                click.echo(f"smtp: {transport.check()}")
+                click.echo("  (`kb mail test --send` sends a test message to " + ", ".join(s.smtp.recipients) + ")")
+                return False
+            mail = Composer(s, catalog).test_message()
+            delivery = transport.send(mail.recipients, mail.message)
+        except SendError as exc:
+            click.echo(f"smtp: {exc}")
+            return True
+        click.echo(f"smtp: sent a test message to {', '.join(mail.recipients)}; the server answered: {delivery.reply}")
+        for r, why in delivery.refused.items():
+            click.echo(f"  refused {r}: {why}")
+        return bool(delivery.refused)
+    finally:
+        catalog.close()
+
+
+@main.command("digest")
+@click.option("--now", "now", is_flag=True, help="Send a digest now: what arrived since the last one.")
+@click.option("--preview", is_flag=True, help="Print the digest --now would send; send nothing, change nothing.")
+@click.option("--html", is_flag=True, help="With --preview: print the HTML part instead of the text.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+@_errors
+def digest_cmd(obj: Context, now: bool, preview: bool, html: bool, as_json: bool) -> None:
+    """The digest e-mail (settings digest_cron, mail_timezone, smtp): its schedule, --now, or --preview.
+
+    Works whether or not the service runs: a digest sent by hand is queued in the outbox and sent from here
+    (the service retries it if the server does not take it now).
+    """
+    from kb.catalog import Catalog
+    from kbapp.mailout import MailOut, deliver_now
+
+    if now and preview:
+        raise click.UsageError("--now or --preview, not both")
+    s = _settings_or_exit(obj)
+    catalog = Catalog(s.catalog_path)
+    try:
+        mailout = MailOut(s, catalog)
+        if preview:
+            digest, rendered = mailout.preview()
+            if as_json:
+                click.echo(json.dumps({"subject": rendered.subject, "text": rendered.text, "html": rendered.html,
+                                       "empty": digest.empty}, indent=2, ensure_ascii=False))
+            else:
+                click.echo(f"Subject: {rendered.subject}\n")
+                click.echo(rendered.html if html else rendered.text)
+            return
+        if now:
+            run = mailout.digest_now()
+            entry = deliver_now(mailout, run.key)
+            out: dict[str, Any] = {
+                   "key": run.key, "state": entry.state if entry else None, "reply": entry.reply if entry else None,
+                   "error": entry.last_error if entry else None,
+                   "retry_at": entry.next_attempt if entry and entry.state == "queued" else None}
+            if as_json:
+                click.echo(json.dumps(out, indent=2))
+            elif out["state"] == "sent":
+                click.echo(f"digest sent to {', '.join(entry.recipients if entry else [])}; the server answered: "
+                           f"{out['reply']}")
+            elif out["state"] == "queued":
+                click.echo(f"digest queued, not sent yet: {out['error']}; next try at {_when(out['retry_at'])} "
+                           "(by the service, `kb watch`)")
+            else:
+                click.echo(f"digest not sent: {out['error'] or out['state']}")
+            if out["state"] != "sent":
+                sys.exit(1)
+            return
+        st = mailout.status()["digest"]
+        if as_json:
+            click.echo(json.dumps(st, indent=2))
+            return
+        if not s.digest_cron:
+            click.echo("no digest scheduled (setting digest_cron, e.g. '0 8 * * *'); `kb digest --now` sends one")
+        else:
+            click.echo(f"digest: '{s.digest_cron}' ({s.mail_timezone}); next {_when(st['next_run'])}")
+        if st["last_outcome"] not in (None, "started"):
+            click.echo(f"  last: {st['last_outcome']} at {_when(st['last_run'])}; "
+                       f"covered up to {_when(st['covered_until'])}")
+    finally:
+        catalog.close()
+
+
+@mail.command("outbox")
+@click.option("--retry", is_flag=True, help="Try failed and waiting messages again now (by the service).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+@_errors
+def mail_outbox(obj: Context, retry: bool, as_json: bool) -> None:
+    """The e-mails kb sent or will send (summaries, digests): state, attempts, the server's answer."""
+    from kb.catalog import Catalog
+    from kb.outbox import Outbox
+
+    s = _settings_or_exit(obj)
+    catalog = Catalog(s.catalog_path)
+    try:
+        outbox = Outbox(catalog)
+        if retry:
+            n = outbox.retry()
+            click.echo(f"{n} message{'s' if n != 1 else ''} will be tried again now by the service (`kb watch`)")
+            return
+        entries = outbox.entries(50)
+        if as_json:
+            click.echo(json.dumps([e.to_dict() for e in entries], indent=2, ensure_ascii=False))
+            return
+        if not entries:
+            click.echo("the outbox is empty")
+        for e in entries:
+            when = _when(e.sent_at if e.sent_at else e.updated_at)
+            click.echo(f"{e.state:<8} {when}  {e.subject}")
+            if e.state == "sent":
+                click.echo(f"         {e.reply or ''}" + (f"; {e.last_error}" if e.last_error else ""))
+            elif e.last_error:
+                retry_at = f" (next try {_when(e.next_attempt)})" if e.state == "queued" else ""
+                click.echo(f"         {e.attempts} tries: {e.last_error}{retry_at}")
+    finally:
+        catalog.close()
 
 
 @main.command()

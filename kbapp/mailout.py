@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from email.message import EmailMessage
 from email.policy import SMTP
-from email.utils import formatdate
+from email.utils import format_datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -145,8 +145,7 @@ class Composer:
         out = []
         for s in summary.sections:
             bullets = [
-                {"time": _time(b.t_start, b.t_end), "text": one_line(bullet_line(b, times=False), 1000),
-                 "extra": ""}
+                {"time": _time(b.t_start, b.t_end), "text": one_line(bullet_line(b, times=False), 1000)}
                 for b in s.bullets[:limit]
             ]
             out.append({"title": s.title, "bullets": bullets})
@@ -201,7 +200,7 @@ class Composer:
         digest.documents = sum(len(v) for v in groups.values())
         for (source, tag), items in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
             label = _SOURCE_LABELS.get(source, source.capitalize()) + (f" · {tag}" if tag else "")
-            digest.groups.append({"label": label, "count": len(items), "items": items[:GROUP_LIMIT],
+            digest.groups.append({"label": label, "count": len(items), "docs": items[:GROUP_LIMIT],
                                   "more": max(0, len(items) - GROUP_LIMIT)})
         failed = self.catalog.read(
             "SELECT uri, error FROM sources WHERE status=? AND updated_at > ? AND updated_at <= ?"
@@ -213,7 +212,7 @@ class Composer:
                                                     (SRC_FAILED,))[0]["n"])
         return digest
 
-    def digest(self, d: Digest) -> Rendered:
+    def digest(self, d: Digest, *, manual: bool = False) -> Rendered:
         parts = []
         if d.documents:
             parts.append(f"{d.documents} new item{'s' if d.documents != 1 else ''}")
@@ -226,7 +225,9 @@ class Composer:
             "headline": headline, "period": f"From {self.when(d.start)} to {self.when(d.end)}",
             "empty": d.empty, "groups": d.groups, "meetings": d.meetings, "failures": d.failures,
             "failed_total": d.failed_total, "failed_link": f"{self.base}/library?status=failed",
-            "library_link": f"{self.base}/library", "schedule": self.settings.digest_cron or "none, sent by hand",
+            "library_link": f"{self.base}/library",
+            "why": "because someone ran `kb digest --now`" if manual
+            else f"on its schedule (setting digest_cron: {self.settings.digest_cron})",
         }
         day = datetime.fromtimestamp(d.end, self.tz).strftime("%a %d %b %Y")
         return self.render(DIGEST, f"kb digest {day}: {headline}", context)
@@ -238,7 +239,7 @@ class Composer:
         msg["Subject"] = r.subject  # one_line: no CR/LF can reach a header (the policy would refuse it too)
         msg["From"] = smtp.sender
         msg["To"] = ", ".join(smtp.recipients)
-        msg["Date"] = formatdate(self.clock(), localtime=False)
+        msg["Date"] = format_datetime(datetime.fromtimestamp(self.clock(), self.tz))
         msg["Message-ID"] = message_id(key, self.catalog.get_meta("instance_id") or "", smtp.sender)
         msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: no vacation replies to a robot
         msg.set_content(r.text, cte="quoted-printable")
@@ -411,7 +412,8 @@ class MailOut:
         with self.catalog.transaction() as db:
             row = self._schedule_row(db)
             start = self._period_start(row, now)
-            run = self._queue_digest(db, start, now, f"{DIGEST}:manual:{self._stamp(now)}", skip_empty=False)
+            run = self._queue_digest(db, start, now, f"{DIGEST}:manual:{self._stamp(now)}", skip_empty=False,
+                                     manual=True)
             db.execute(
                 "INSERT INTO schedules(name, last_fire, covered_until, last_outcome, updated_at) VALUES (?,?,?,?,?)"
                 " ON CONFLICT(name) DO UPDATE SET covered_until=excluded.covered_until,"
@@ -426,7 +428,7 @@ class MailOut:
         now = self.clock()
         rows = self.catalog.read("SELECT * FROM schedules WHERE name=?", (DIGEST,))
         d = self.composer.collect(self._period_start(rows[0] if rows else None, now), now)
-        return d, self.composer.digest(d)
+        return d, self.composer.digest(d, manual=True)
 
     @staticmethod
     def _period_start(row: Any, now: float) -> float:
@@ -434,11 +436,13 @@ class MailOut:
             return float(row["covered_until"])
         return now - 86400.0
 
-    def _queue_digest(self, db: Any, start: float, end: float, key: str, *, skip_empty: bool) -> DigestRun:
+    def _queue_digest(
+        self, db: Any, start: float, end: float, key: str, *, skip_empty: bool, manual: bool = False
+    ) -> DigestRun:
         d = self.composer.collect(start, end)
         if d.empty and skip_empty:
             return DigestRun("skipped", key, d)
-        mail = self.composer.message(key, DIGEST, self.composer.digest(d))
+        mail = self.composer.message(key, DIGEST, self.composer.digest(d, manual=manual))
         return DigestRun("queued" if self.outbox.add(db, mail) else "exists", key, d)
 
     def _stamp(self, t: float) -> str:
