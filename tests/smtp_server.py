@@ -105,7 +105,9 @@ class SmtpServer:
 
     def settings(self, **extra: Any) -> dict[str, Any]:
         """The `smtp` setting for this server (plain SMTP to loopback unless told otherwise)."""
-        out: dict[str, Any] = {"host": "127.0.0.1", "port": self.port, "security": "none",
-                               "sender": "kb <kb@example.org>", "recipients": ["alice@example.org", "Bob <bob@example.org>"]}
+        out: dict[str, Any] = {
+            "host": "127.0.0.1", "port": self.port, "security": "none", "sender": "kb <kb@example.org>",
+            "recipients": ["alice@example.org", "Bob <bob@example.org>"],
+        }
         out.update(extra)
         return out
