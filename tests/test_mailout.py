@@ -556,3 +556,63 @@ def test_backoff_grows_with_jitter_and_gives_up_after_max_attempts(tmp_path: Pat
         assert e is not None and e.state == FAILED and e.last_error == "gave up after 5 tries: 451 later"
     finally:
         catalog.close()
+
+
+@pytest.mark.slow
+def test_the_service_sends_a_missed_digest_when_it_starts_and_not_again_after_a_restart(
+    tmp_path: Path, smtp: SmtpServer
+) -> None:
+    """`kb watch` as a subprocess (the real service loop): the digest of a day the service was down at 8:00 is
+    sent when it starts, once; a restarted service does not send it again."""
+    import signal
+    import subprocess
+    import time
+
+    from conftest import KB
+    from test_service import env_for, wait_for
+
+    from kb.catalog import Catalog
+
+    data, inbox = tmp_path / "data", tmp_path / "inbox"
+    inbox.mkdir()
+    now = time.time()
+    catalog = Catalog(data / "catalog.sqlite3")
+    with catalog.transaction() as db:  # the service last ran three days ago; since then a file failed
+        db.execute("INSERT INTO schedules(name, last_fire, covered_until, last_outcome, updated_at)"
+                   " VALUES ('digest', ?, ?, 'queued', ?)", (now - 3 * 86400, now - 3 * 86400, now - 3 * 86400))
+        db.execute("INSERT INTO sources(uri, source_type, status, error, first_seen, updated_at)"
+                   " VALUES (?, 'file', 'failed', ?, ?, ?)",
+                   ((inbox / "report.pdf").as_uri(), "not a PDF <really>", now - 7200, now - 7200))
+    catalog.close()
+    env = env_for(data, inbox, KB_SMTP=json.dumps(smtp.settings()), KB_DIGEST_CRON=CRON, KB_BASE_URL=BASE,
+                  KB_MAIL_TIMEZONE="Europe/Berlin")
+    log = tmp_path / "service.log"
+
+    def service() -> subprocess.Popen[bytes]:
+        with log.open("ab") as out:
+            return subprocess.Popen([KB, "watch", "--quiet"], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL)
+
+    def stop(proc: subprocess.Popen[bytes]) -> None:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=90) == 0, log.read_text()
+
+    proc = service()
+    try:
+        wait_for("the missed digest", lambda: smtp.received, 240, why=lambda: log.read_text(errors="replace"))
+        assert "kb: sending mail through 127.0.0.1" in log.read_text() and "digest '0 8 * * *'" in log.read_text()
+    finally:
+        stop(proc)
+    [got] = smtp.received
+    text = got.part("plain")
+    assert "report.pdf: not a PDF <really>" in text and f"{BASE}/library?status=failed" in text
+    assert "not a PDF &lt;really&gt;" in got.part("html")
+
+    log.write_text("")
+    proc = service()
+    try:
+        wait_for("the restarted service", lambda: "kb: watching" in log.read_text(), 240, why=log.read_text)
+        time.sleep(2)  # its mail-out thread has looked at the schedule and the outbox by now
+    finally:
+        stop(proc)
+    assert len(smtp.received) == 1
