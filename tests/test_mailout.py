@@ -52,9 +52,9 @@ def smtp() -> Iterator[SmtpServer]:
     server.stop()
 
 
-def build(tmp_path: Path, smtp: SmtpServer, **overrides: Any) -> App:
+def build(tmp_path: Path, server: SmtpServer, **overrides: Any) -> App:
     settings: dict[str, Any] = {
-        "data_dir": tmp_path / "data", "workers": 0, "summary_llm": False, "smtp": smtp.settings(),
+        "data_dir": tmp_path / "data", "workers": 0, "summary_llm": False, "smtp": server.settings(),
         "base_url": BASE + "/", "meeting_mail_tags": ["*"], "digest_cron": CRON, "mail_timezone": "Europe/Berlin",
         "inbox": [{"path": str(tmp_path / "inbox"), "tag": "work"}],
     }
@@ -338,6 +338,13 @@ def test_a_temporary_error_is_retried_and_a_permanent_one_recorded_and_shown(tmp
         assert m.outbox.entry(run.key).state == FAILED and not smtp.received  # type: ignore[union-attr]
         status = app.status()["mail_out"]
         assert status["counts"] == {FAILED: 1} and "550 5.1.1" in status["problems"][0]["error"]
+        from litestar.testing import TestClient
+
+        from server.api import create_api
+
+        with TestClient(app=create_api(app)) as client:  # the service's API says the same
+            problem = client.get("/api/v1/status").json()["mail_out"]["problems"][0]
+            assert problem["state"] == FAILED and "550 5.1.1 No such user here" in problem["error"]
     finally:
         app.close()
     # visible to a person: `kb status` (its JSON is the API's status), and `kb mail outbox`
@@ -616,3 +623,29 @@ def test_the_service_sends_a_missed_digest_when_it_starts_and_not_again_after_a_
     finally:
         stop(proc)
     assert len(smtp.received) == 1
+
+
+def test_subjects_are_one_bounded_line_in_any_script_and_message_ids_follow_the_key(
+    tmp_path: Path, smtp: SmtpServer
+) -> None:
+    from kbapp.mailout import message_id, one_line
+
+    assert one_line("a\r\nBcc: x\x00\x85\u2028b\tc") == "a Bcc: x b c"
+    assert len(one_line("word " * 100, 50)) == 50 and one_line("word " * 100, 50).endswith("…")
+    assert message_id("digest:x", "i1", "kb <kb@example.org>") == message_id("digest:x", "i1", "kb@example.org")
+    assert message_id("digest:x", "i1", "kb@example.org") != message_id("digest:y", "i1", "kb@example.org")
+    assert message_id("digest:x", "i1", "kb@example.org").endswith("@example.org>")
+
+    app = build(tmp_path, smtp, smtp=smtp.settings(sender="Büro Ünd Co <kb@example.org>"))
+    try:
+        m = mailout(app, Clock(__import__("time").time()))
+        store_meeting(app, tmp_path / "inbox" / "r.wav", "Réunion 東京 " + "très longue " * 30)
+        app.summarize(all_meetings=True)
+        m.tick()
+        [got] = smtp.received
+        subject = str(got.message["Subject"])
+        assert subject.startswith("Meeting summary: Réunion 東京 très longue") and subject.endswith("…")
+        assert len(subject) <= 180 and str(got.message["From"]) == "Büro Ünd Co <kb@example.org>"
+        assert all(b < 128 for b in got.raw)  # 7-bit on the wire: encoded words and quoted-printable
+    finally:
+        app.close()
