@@ -149,6 +149,9 @@ class Outbox:
 
     def deliver_due(self, transport: Transport, limit: int = 100) -> list[OutboxEntry]:
         """Send every due message (at most `limit`); returns them as recorded."""
+        due = self.next_due()
+        if due is None or due > self.clock():  # a read first: no write lock taken on every idle wake
+            return []
         out = []
         for _ in range(limit):
             entry = self.claim()

@@ -379,6 +379,9 @@ class MailOut:
         if self.schedule is None:
             return None
         now = self.clock()
+        seen = self.catalog.read("SELECT last_fire FROM schedules WHERE name=?", (DIGEST,))
+        if seen and seen[0]["last_fire"] is not None and self.schedule.next_after(float(seen[0]["last_fire"])) > now:
+            return None  # a read first: no write lock taken on every idle wake
         with self.catalog.transaction() as db:
             row = self._schedule_row(db)
             if row is None or row["last_fire"] is None:
@@ -477,11 +480,13 @@ class MailOut:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop after the message being sent (SMTP's own timeout bounds it); queued ones wait for the next start."""
+        """Stop after the message being sent; queued ones wait for the next start."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
-            self._thread.join(timeout=(self.settings.smtp.timeout_s * 4) if self.settings.smtp else 10)
+            # a conversation still going after this is abandoned with the process: its message keeps its
+            # 'sending' lease and is sent again once that runs out (at least once, see kb/outbox.py)
+            self._thread.join(timeout=10.0)
             self._thread = None
 
     def _run(self) -> None:
