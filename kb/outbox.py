@@ -229,7 +229,10 @@ class Outbox:
                 " ORDER BY updated_at DESC LIMIT 20", (FAILED, QUEUED),
             )
         ]
-        last = q("SELECT key, subject, sent_at, reply FROM outbox WHERE state=? ORDER BY sent_at DESC LIMIT 1", (SENT,))
+        last = q(
+            "SELECT key, subject, sent_at, reply FROM outbox WHERE state=? ORDER BY sent_at DESC, id DESC LIMIT 1",
+            (SENT,),
+        )
         return {
             "counts": counts, "problems": problems,
             "last_sent": dict(last[0]) if last else None,
