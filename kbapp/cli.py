@@ -775,14 +775,15 @@ def digest_cmd(obj: Context, now: bool, preview: bool, html: bool, as_json: bool
 
 
 @mail.command("outbox")
-@click.option("--retry", is_flag=True, help="Try failed and waiting messages again now (by the service).")
+@click.option("--retry", is_flag=True, help="Try failed and waiting messages again now.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 @_errors
 def mail_outbox(obj: Context, retry: bool, as_json: bool) -> None:
     """The e-mails kb sent or will send (summaries, digests): state, attempts, the server's answer."""
     from kb.catalog import Catalog
-    from kb.outbox import Outbox
+    from kb.outbox import SENT, Outbox
+    from kbapp.mailout import MailOut
 
     s = _settings_or_exit(obj)
     catalog = Catalog(s.catalog_path)
@@ -790,7 +791,14 @@ def mail_outbox(obj: Context, retry: bool, as_json: bool) -> None:
         outbox = Outbox(catalog)
         if retry:
             n = outbox.retry()
-            click.echo(f"{n} message{'s' if n != 1 else ''} will be tried again now by the service (`kb watch`)")
+            click.echo(f"{n} message{'s' if n != 1 else ''} to try again")
+            if n and s.smtp is not None:  # sent from here now (a running service may take some: claims are atomic)
+                mailout = MailOut(s, catalog)
+                done = mailout.outbox.deliver_due(mailout.transport)
+                for e in done:
+                    click.echo(f"  {e.state}: {e.subject}: {e.reply if e.state == SENT else e.last_error}")
+                if any(e.state != SENT for e in done):
+                    sys.exit(1)
             return
         entries = outbox.entries(50)
         if as_json:

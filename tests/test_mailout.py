@@ -358,7 +358,21 @@ def test_a_temporary_error_is_retried_and_a_permanent_one_recorded_and_shown(tmp
     assert "failed" in out.output and "550 5.1.1" in out.output
     # once the address is fixed, a person sends it again
     smtp.rcpt_reply = None
-    assert "1 message will be tried again" in CliRunner().invoke(_main(), ["mail", "outbox", "--retry"], env=env).output
+    out = CliRunner().invoke(_main(), ["mail", "outbox", "--retry"], env=env)
+    assert out.exit_code == 0 and "1 message to try again" in out.output and "sent: kb digest" in out.output
+    [got] = smtp.received
+    catalog = _catalog(tmp_path)
+    try:
+        [entry] = Outbox(catalog).entries()
+        assert entry.state == SENT and got.message["Message-ID"] == entry.message_id
+    finally:
+        catalog.close()
+
+
+def _catalog(tmp_path: Path) -> Any:
+    from kb.catalog import Catalog
+
+    return Catalog(tmp_path / "data" / "catalog.sqlite3")
 
 
 def _main() -> Any:
