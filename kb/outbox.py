@@ -198,6 +198,15 @@ class Outbox:
         t = rows[0]["t"] if rows else None
         return None if t is None else float(t)
 
+    def prune(self, older_than_s: float) -> int:
+        """Drop the bytes of messages sent longer ago than this; the rows stay, and with them the keys that
+        keep those messages from being sent again."""
+        with self.catalog.transaction() as db:
+            return int(db.execute(
+                "UPDATE outbox SET message=X'' WHERE state=? AND sent_at<? AND length(message)>0",
+                (SENT, self.clock() - older_than_s),
+            ).rowcount)
+
     # -- people -----------------------------------------------------------------------------------
     def retry(self) -> int:
         """Failed messages (and waiting ones) are tried again now, with fresh attempts."""

@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 DIGEST = "digest"
 GROUP_LIMIT = 50  # items listed per group in a digest; the rest is a count and a link to the library
 MEETING_BULLETS = 5  # bullets per section for a meeting in a digest (its own e-mail has them all)
+KEEP_SENT_S = 30 * 86400  # a sent message's bytes are kept this long (its row, and key, for good)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 _SOURCE_LABELS = {"file": "Files", "mail": "Mail", "attachment": "Attachments"}
 
@@ -338,6 +339,7 @@ class MailOut:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._pruned = 0.0
 
     @property
     def transport(self) -> Transport:
@@ -464,6 +466,9 @@ class MailOut:
         self.run_schedule()
         self.outbox.deliver_due(self.transport)
         now = self.clock()
+        if now - self._pruned > 3600:
+            self._pruned = now
+            self.outbox.prune(KEEP_SENT_S)
         wake = [self.settings.outbox_poll_s]  # messages queued by other processes (`kb digest --now`)
         for t in (self.outbox.next_due(), self.next_digest()):
             if t is not None:

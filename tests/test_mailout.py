@@ -24,7 +24,7 @@ from ingest.parsing import Parsed
 from kb.catalog import DocumentRecord, Link
 from kb.embedding import HashEmbedder
 from kb.errors import ConfigError
-from kb.outbox import FAILED, QUEUED, SENDING, SENT, Outbox
+from kb.outbox import FAILED, QUEUED, SENDING, SENT, Outbox, OutgoingMail
 from kb.settings import load_settings
 from kb.smtp import SendError, SmtpTransport
 from kbapp.app import App
@@ -413,6 +413,12 @@ def test_a_crash_between_the_servers_answer_and_the_bookkeeping_resends_with_the
         first, second = smtp.received
         assert first.message["Message-ID"] == second.message["Message-ID"] and first.raw == second.raw
         assert m.outbox.entry(run.key).state == SENT  # type: ignore[union-attr]
+        # a month on, the message's bytes are dropped; its key stays, so it is never sent again
+        clock.t += 31 * 86400
+        m.tick()
+        e = m.outbox.entry(run.key)
+        assert e is not None and e.state == SENT and e.message == b""
+        assert not m.outbox.put(OutgoingMail(run.key, "digest", "again", ["a@example.org"], b"x", "<x@y>"))
     finally:
         app.close()
 
@@ -549,7 +555,6 @@ def test_tls_modes_against_real_servers(tmp_path: Path) -> None:
 
 def test_backoff_grows_with_jitter_and_gives_up_after_max_attempts(tmp_path: Path) -> None:
     from kb.catalog import Catalog
-    from kb.outbox import OutgoingMail
 
     catalog = Catalog(tmp_path / "c.sqlite3")
     try:
