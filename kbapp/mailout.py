@@ -11,6 +11,12 @@ Recipients and the sender come only from the settings. Document text (titles, su
 into the body, escaped in the HTML part by Jinja's autoescape, and into the Subject header only as one line
 with every control character removed, through the email package's SMTP policy: nothing a document says can
 add a header or a recipient.
+
+Why a thread and not jobs for the sending and the schedule: composing a message is a few milliseconds of
+catalog reads and templates, done where the need arises (the summarize job, the schedule) in the same
+transaction that records it; the outbox then needs what a job row does not have (a key kept for good after
+the message went, its own backoff settings, the server's answer), and one thread owning SMTP keeps a slow
+or hung server out of the worker lanes, where it would hold up ingestion.
 """
 
 from __future__ import annotations
@@ -37,7 +43,8 @@ from kb.paths import display
 from kb.settings import Settings, SmtpServer
 from kb.smtp import SmtpTransport, envelope
 from kbapp.summaries import MEETING, SUMMARY, summary_docs
-from retrieval.summary import Summary, bullet_line, clock
+from retrieval.summary import Summary, bullet_line
+from retrieval.summary import clock as hms
 
 if TYPE_CHECKING:
     from jinja2 import Environment
@@ -158,7 +165,7 @@ class Composer:
         how = ("Key sentences selected from the transcript" if summary.model is None
                else f"Condensed by {summary.model} from the transcript")
         context = {
-            "title": title, "date": self.meeting_date(meeting), "duration": clock(duration) if duration else "",
+            "title": title, "date": self.meeting_date(meeting), "duration": hms(duration) if duration else "",
             "method": f"{how}; times point into the recording.", "sections": self.sections(summary),
             "notes": [one_line(n, 500) for n in summary.notes], "link": self.link(MEETING, meeting.id),
         }
@@ -184,7 +191,7 @@ class Composer:
                 summary = current_summary(self.catalog, doc)
                 digest.meetings.append({
                     "title": title, "date": self.meeting_date(doc), "link": self.link(MEETING, doc.id),
-                    "duration": clock(doc.meta["duration_s"]) if doc.meta.get("duration_s") else "",
+                    "duration": hms(doc.meta["duration_s"]) if doc.meta.get("duration_s") else "",
                     "sections": [s for s in self.sections(summary, MEETING_BULLETS) if s["bullets"]] if summary else [],
                 })
                 continue
@@ -272,7 +279,7 @@ class Composer:
 def _time(start: float | None, end: float | None) -> str:
     if start is None:
         return ""
-    return clock(start) if end is None or int(end) <= int(start) else f"{clock(start)}-{clock(end)}"
+    return hms(start) if end is None or int(end) <= int(start) else f"{hms(start)}-{hms(end)}"
 
 
 def current_summary(catalog: Catalog, meeting: DocumentRecord) -> Summary | None:

@@ -164,6 +164,8 @@ def _start_mailout(app: App, echo: Callable[[str], None]) -> None:
     mailout = app.start_mailout()
     s = app.settings
     if mailout is None or s.smtp is None:
+        if s.digest_cron or s.meeting_mail_tags:
+            echo("kb: digest_cron or meeting_mail_tags is set, but no SMTP server (setting smtp): no e-mail is sent")
         return
     digest = ""
     nxt = mailout.next_digest()
