@@ -29,6 +29,18 @@ ROLE_WEIGHT = 0.5
 # A chunk this short with no sentence in it is a heading on its own: shown with the passage that follows it.
 HEADING_CHARS = 120
 MODES = ("hybrid", "dense", "lexical")
+# How deep each side looks before fusion: 100 documents by keywords, 100 chunks by meaning. Fixed for a page
+# of any usual size because min-max normalisation reads the last score of each list, so what the benchmark
+# measures at k=10 is what a page of 10 gets. On SciFact train (tuning half, half the corpus indexed), 100
+# and 100 ranked as well as any of 50/100/300 x 100/200/300 (0.818 against 0.801-0.818), and 100 chunks is
+# the cheapest: 300 added ~6 ms of CPU a search at 100,000 chunks.
+LEXICAL_DEPTH = 100
+DENSE_DEPTH = 100
+
+
+def depths(k: int) -> tuple[int, int]:
+    """(documents by keywords, chunks by meaning) that a search for k results fuses."""
+    return max(LEXICAL_DEPTH, k), max(DENSE_DEPTH, 3 * k)
 
 
 @dataclass
@@ -183,8 +195,8 @@ class Searcher:
         query = parse(text.strip())
         if not query:
             return SearchResult([])
-        depth_chunks = max(10 * k, 100) * (4 if where else 1)
-        sides = self.sides(query, max(5 * k, 50), depth_chunks, filters, where=where, mode=mode)
+        depth_docs, depth_chunks = depths(k)
+        sides = self.sides(query, depth_docs, depth_chunks * (4 if where else 1), filters, where=where, mode=mode)
         dense_docs, lexical_docs = sides.dense_docs, sides.lexical_docs
         records, dense_chunks = sides.records, sides.dense_chunks
         fused = fuse(dense_docs, lexical_docs, self.weights)
