@@ -31,12 +31,13 @@ HEADING_CHARS = 120
 # So is a chunk of at most this many word pieces (a title line the chunker left alone because the paragraph
 # after it did not fit beside it: 4,575 of SciFact's 5,183 abstracts), when the next chunk continues it.
 #
-# Headings and short leads stay chunks of their own in the index, and travel with their text only in what is
-# shown and given to the model: measured on SciFact train (first 1,245 documents of the corpus, 258 queries
-# whose relevant documents are among them), a chunker that carried them into the next chunk instead (11,255
-# chunks of 154 word pieces against 15,023 of 116) ranked no better: dense nDCG@10 0.788 against 0.793,
-# hybrid 0.844 against 0.850 (tuning half alone: dense 0.812 / 0.818, hybrid 0.885 / 0.883). A title alone
-# is a sharp vector for the claims people type; shown alone it says nothing.
+# Headings and short leads stay chunks of their own in the index, and travel with their text in what a hit
+# shows (the passage is the chunk after the lead, its snippet read from the lead on). Measured on SciFact
+# train (first 1,245 documents of the corpus, 258 queries whose relevant documents are among them), a
+# chunker that carried them into the next chunk instead (11,255 chunks of 154 word pieces against 15,023 of
+# 116) ranked no better: dense nDCG@10 0.788 against 0.793, hybrid 0.844 against 0.850 (tuning half alone:
+# dense 0.812 / 0.818, hybrid 0.885 / 0.883). A title alone is a sharp vector for the claims people type;
+# shown alone it says nothing.
 LEAD_TOKENS = 48
 MODES = ("hybrid", "dense", "lexical")
 # How deep each side looks before fusion: 100 documents by keywords, 100 chunks by meaning. Fixed for a page
@@ -325,8 +326,9 @@ class Searcher:
                 heads[(rec.doc_id, rec.seq)] = cid
             s = scores[cid] * (ROLE_WEIGHT if rec.role else 1.0)
             out.setdefault(rec.doc_id, []).append(Passage(rec, s, dense.get(cid)))
-        # A heading or title line alone is a poor passage: the chunk after it is shown (and given to the model)
-        # in its place, with the better of the two scores and similarities, its text read after the lead's.
+        # A heading or title line alone is a poor passage: the chunk after it takes its place (its record is what
+        # answers quote), with the better of the two scores and similarities; `shown` and the snippet read the
+        # lead first. Hit.similarity is unchanged: it was already the best over both chunks.
         followers = self.lexical.heading_followers(list(heads))
         nxt = self.catalog.chunks_by_id(list(followers.values())) if followers else {}
         for doc_id, plist in out.items():
