@@ -4,12 +4,13 @@ Usage: python bench/retrieval.py [BENCH_DIR] [--corpus C --queries Q --qrels R] 
 BENCH_DIR defaults to ../shared/bench (corpus, queries and qrels default to its scifact/ train files).
 
 Each corpus document becomes a text file "title, blank line, text" ingested by `App.ingest` (a --data-dir
-that already holds them is reused: unchanged files are skipped). Every query is searched once per side;
-nDCG@10 and recall@100 are reported for hybrid (kb's fusion settings), dense only and lexical only from the
-same index, plus rank fusion per document for comparison, and search latency p50/p95 of the whole search
-(query embedding, both sides, passages) at k=10. With --tune, the dense weight and the normalisation are
-chosen on a random half of the queries (seed 7) and reported on the other half. Prints one JSON object on
-its last line.
+that already holds them is reused: unchanged files are skipped). Every query is searched once per side, as
+deep as kb searches for 10 results (nDCG@10) and for 100 (recall@100); both are reported for hybrid (kb's
+fusion settings), dense only and lexical only from the same index, plus rank fusion per document for
+comparison, and search latency p50/p95 of the whole search (query embedding, both sides, passages) at k=10.
+The queries are split once into two halves (seed 7): "halves" reports kb's settings on the half they were
+tuned on and on the held-out half. With --tune, the dense weight and the normalisation are chosen again on
+the tuning half and reported on the other half. Prints one JSON object on its last line.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from kbapp.app import App  # noqa: E402
 from retrieval.filters import Filters  # noqa: E402
 from retrieval.fusion import DEFAULT, Weights, fuse  # noqa: E402
 from retrieval.query import parse  # noqa: E402
+from retrieval.search import Sides, depths  # noqa: E402
 
 DEPTH = 100
 
@@ -107,24 +109,26 @@ def main() -> None:
             doc_name[d] = Path(rec.paths[0]).stem if rec.paths else ""
         return [doc_name.get(d, "") for d in doc_ids]
 
-    # Each side once per query; fusion variants are computed from these scores.
-    sides = {}
+    # Each side once per query and depth, as deep as a search for 10 (nDCG@10) and for 100 (recall@100)
+    # results looks (retrieval.search.depths); fusion variants are computed from these scores.
+    sides: dict[int, dict[str, Sides]] = {10: {}, DEPTH: {}}
     for qid in qids:
-        sides[qid] = searcher.sides(parse(queries[qid]), DEPTH, 3 * DEPTH, Filters())
+        q = parse(queries[qid])
+        for k in sides:
+            sides[k][qid] = searcher.sides(q, *depths(k), Filters())
+
+    def ranking(s: Sides, weights: Weights | None, side: str) -> list[str]:
+        if side == "dense":
+            scores = s.dense_docs
+        elif side == "lexical":
+            scores = s.lexical_docs
+        else:
+            scores = fuse(s.dense_docs, s.lexical_docs, weights or DEFAULT)
+        return names(sorted(scores, key=lambda d: (-scores[d], -s.lexical_docs.get(d, 0.0))))
 
     def evaluate(weights: Weights | None, ids: list[str], side: str = "hybrid") -> dict[str, float]:
-        n10, r100 = [], []
-        for qid in ids:
-            s = sides[qid]
-            if side == "dense":
-                scores = s.dense_docs
-            elif side == "lexical":
-                scores = s.lexical_docs
-            else:
-                scores = fuse(s.dense_docs, s.lexical_docs, weights or DEFAULT)
-            ranked = names(sorted(scores, key=lambda d: -scores[d]))
-            n10.append(ndcg(ranked, qrels[qid]))
-            r100.append(recall(ranked, qrels[qid]))
+        n10 = [ndcg(ranking(sides[10][qid], weights, side), qrels[qid]) for qid in ids]
+        r100 = [recall(ranking(sides[DEPTH][qid], weights, side), qrels[qid]) for qid in ids]
         return {"ndcg@10": round(statistics.mean(n10), 4), "recall@100": round(statistics.mean(r100), 4)}
 
     result["settings"] = {"dense": DEFAULT.dense, "lexical": DEFAULT.lexical, "method": DEFAULT.method}
@@ -133,11 +137,15 @@ def main() -> None:
     result["lexical"] = evaluate(None, qids, "lexical")
     result["rrf_per_document"] = evaluate(Weights(method="rrf"), qids)
 
+    # The queries split in two halves once (seed 7): settings are tuned on the first only, and the second
+    # says whether they hold on queries not tuned on.
+    rng = random.Random(7)
+    shuffled = qids[:]
+    rng.shuffle(shuffled)
+    tune, check = shuffled[: len(shuffled) // 2], shuffled[len(shuffled) // 2:]
+    result["halves"] = {"tune_half": evaluate(DEFAULT, tune), "held_out_half": evaluate(DEFAULT, check),
+                        "tune_n": len(tune), "held_out_n": len(check)}
     if a.tune:
-        rng = random.Random(7)
-        shuffled = qids[:]
-        rng.shuffle(shuffled)
-        tune, check = shuffled[: len(shuffled) // 2], shuffled[len(shuffled) // 2:]
         grid = [Weights(round(w, 2), round(1 - w, 2), m) for m in ("minmax", "max") for w in
                 [i / 20 for i in range(1, 20)]]
         scored = [(evaluate(w, tune)["ndcg@10"], w) for w in grid]

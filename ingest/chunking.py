@@ -114,7 +114,10 @@ class Chunker:
                 for piece in self._split(el, start, n, self._budget(heading.cost(section, ""))):
                     chunks.append(self._make([piece], full, section))
                 continue
-            # Headings alone never make a chunk: they wait for their first paragraph (within the limit).
+            # Headings alone never make a chunk: they wait for their first paragraph (within the limit). One that
+            # does not fit beside it (or a title line set as a paragraph) stays a chunk of its own: carrying it
+            # into the next chunk ranked no better on SciFact, and search shows it with the text after it
+            # (LEAD_TOKENS in retrieval/search.py has the measurement).
             headings_only = all(p.el.kind == TITLE for p in cur)
             limit = min(self.max if headings_only else self.target, self.max - overhead)
             if cur and cur_tokens + n > limit:

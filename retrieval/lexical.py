@@ -81,12 +81,25 @@ class Lexical:
         """Up to k matching chunks as (chunk id, document id, score), optionally within some documents."""
         cond, params = filters.sql("d")
         if doc_ids is not None:
+            doc_ids = sorted(self.allowed(doc_ids, filters))
             if not doc_ids:
                 return []
             cond += f" AND c.doc_id IN ({_in(doc_ids)})"
         out: list[tuple[str, int, float]] = []
         match = word_match(query)
-        if match:
+        if match and doc_ids is not None:
+            # Within a few documents (a result page's passages): their chunks' rowids are checked against
+            # each match (`+` keeps SQLite from handing them to FTS5 one by one) instead of a join per match:
+            # 4.4 ms of CPU against 16.8 ms on 100,000 chunks, same rows.
+            rows = self.catalog.read(
+                f"SELECT c.id AS id, c.doc_id AS doc_id, x.score AS score FROM"
+                f" (SELECT rowid AS r, bm25(chunks_fts, 1.0, {SECTION_WEIGHT}) AS score FROM chunks_fts"
+                f"  WHERE chunks_fts MATCH ? AND +rowid IN (SELECT rowid FROM chunks WHERE doc_id IN ({_in(doc_ids)}))"
+                "  ORDER BY score LIMIT ?) x JOIN chunks c ON c.rowid = x.r ORDER BY x.score",
+                (match, k),
+            )
+            out = [(r["id"], int(r["doc_id"]), -float(r["score"])) for r in rows]
+        elif match:
             rows = self.catalog.read(
                 f"SELECT c.id AS id, c.doc_id AS doc_id, bm25(chunks_fts, 1.0, {SECTION_WEIGHT}) AS score"
                 " FROM chunks_fts JOIN chunks c ON c.rowid = chunks_fts.rowid JOIN documents d ON d.id = c.doc_id"

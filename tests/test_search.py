@@ -172,3 +172,25 @@ def test_migration_6_builds_the_new_indexes_from_existing_rows(library: App, tmp
         assert cat.read("SELECT count(*) AS n FROM chunks_tri WHERE chunks_tri MATCH '\"天気は\"'")[0]["n"] == 1
     finally:
         cat.close()
+
+
+def test_a_title_line_alone_is_shown_with_the_text_after_it(make_app: AppFactory, tmp_path: Path) -> None:
+    """SciFact's shape: a title line, then a paragraph too long to sit beside it, so the title is a chunk of its
+    own (kept for ranking); the passage shown and given to the model is the text with its title in front."""
+    app = make_app()
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    body = " ".join(f"Older adults in trial arm {i} took calcium with their meals every morning." for i in range(16))
+    (docs / "lead.txt").write_text("Vitamin D supplements lower the risk of hip fractures.\n\n" + body + "\n")
+    app.ingest([docs])
+    chunks = app.catalog.chunks_of(app.search("vitamin", k=1)[0]["document_id"])
+    assert chunks[0].text.startswith("Vitamin D") and len(chunks) >= 2  # the title is its own chunk
+    for query in ("vitamin hip fractures", "vitamin fractures calcium meals"):  # the title alone; both chunks
+        hit = app.searcher.run(query, 1).hits[0]
+        assert [p.chunk.seq for p in hit.passages].count(0) == 0  # the title never stands alone
+        best = hit.passages[0]
+        assert best.chunk.seq == 1 and best.shown.startswith("Vitamin D supplements")
+        assert "Older adults" in best.shown and best.snippet.startswith("Vitamin D")
+        marked = {best.snippet[s:e].lower() for s, e in best.highlights}
+        assert "vitamin" in marked
+        assert len({p.chunk.id for p in hit.passages}) == len(hit.passages)
