@@ -1,6 +1,7 @@
 """Answer benchmark on SQuAD 2.0: exact match, F1, citation precision, abstention, time to first token, speed.
 
-Usage: python bench/qa.py [BENCH_DIR] [--questions 200] [--k 3] [--max-tokens 64] [--seed 7] [--calibrate]
+Usage: python bench/qa.py [BENCH_DIR] [--questions 200] [--k 3] [--max-tokens 64] [--seed 7] [--min-coverage X]
+       [--calibrate]
 BENCH_DIR defaults to ../shared/bench (the data used is BENCH_DIR/qa/squad2_dev_cs224n_split/dev-v2.0.json).
 
 The even-numbered articles of the split are ingested as the library (one text file per article, its
@@ -217,6 +218,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=3, help="Passages retrieved per question.")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--min-coverage", type=float, help="Override Settings.answer_min_coverage.")
     parser.add_argument("--calibrate", action="store_true")
     parser.add_argument("--dump", type=Path, help="Write each question's answer and passages here (JSON lines).")
     args = parser.parse_args()
@@ -224,7 +226,10 @@ def main() -> None:
     library, others = articles[0::2], articles[1::2]
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="kb-qa-") as tmp:
-        app = build_library(library, Path(tmp), llm_max_tokens=args.max_tokens)
+        overrides: dict[str, Any] = {"llm_max_tokens": args.max_tokens}
+        if args.min_coverage is not None:
+            overrides["answer_min_coverage"] = args.min_coverage
+        app = build_library(library, Path(tmp), **overrides)
         try:
             inside = questions(library)
             if args.calibrate:
@@ -243,7 +248,8 @@ def main() -> None:
                 getattr(app.language_model(), "load", lambda: None)()
                 load_s = time.perf_counter() - t
                 result = {"bench": "qa", "model": app.settings.llm_model, "k": args.k, "max_tokens": args.max_tokens,
-                          "min_similarity": app.settings.answer_min_similarity, "model_load_s": round(load_s, 2),
+                          "min_similarity": app.settings.answer_min_similarity,
+                          "min_coverage": app.settings.answer_min_coverage, "model_load_s": round(load_s, 2),
                           **run_questions(app, sample, args.k, args.dump.open("w") if args.dump else None)}
         finally:
             app.close()
