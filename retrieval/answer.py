@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kb.llm import ChatMessage, LanguageModel
-from retrieval.citations import check_citations, coverage, neutralize
+from retrieval.citations import about, check_citations, neutralize
 from retrieval.search import Hit
 
 SYSTEM_PROMPT = (
@@ -183,7 +183,7 @@ def answer_stream(
     # (Settings.answer_min_coverage). A citation needs the same of its passage (retrieval/citations.py), so
     # with no such passage no answer could stand: the model is not asked, and says nothing it cannot back.
     close = [h for h in hits if (h.similarity is None or h.similarity >= min_similarity)
-             and coverage(question, h.chunk.text) >= min_coverage]
+             and about(question, h.chunk.text, min_coverage)]
     if not close:
         passages = [Passage(i + 1, h, False) for i, h in enumerate(hits)]
         yield {"event": "passages", "passages": passages}

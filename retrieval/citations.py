@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 CITATION = re.compile(r"\s*\[(\d{1,3}(?:\s*[,;]\s*\d{1,3})*)\]")
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[^\s\[])")
+_NEGATION = re.compile(r"\b(?:not|never|no|none|nor|neither|without)\b|n't\b", re.I)
 MIN_SHARE = 0.5  # of the sentence's new content words that the cited passage must contain
 
 STOP_WORDS = frozenset(
@@ -61,7 +62,9 @@ def _is_content(word: str) -> bool:
 def key_terms(sentence: str) -> set[str]:
     """The sentence's names and numbers (folded): a capitalised word or one holding a digit. These are what a
     wrong answer most often gets wrong (another person, another year), so each must occur in the passage."""
-    return {fold(w) for w in _WORD.findall(sentence) if _is_content(w) and (w[0].isupper() or any(c.isdigit() for c in w))}
+    return {
+        fold(w) for w in _WORD.findall(sentence) if _is_content(w) and (w[0].isupper() or any(c.isdigit() for c in w))
+    }
 
 
 def answer_words(sentence: str, question: str = "") -> set[str]:
@@ -73,6 +76,29 @@ def coverage(question: str, passage: str) -> float:
     """The share of the question's content words the passage holds (1.0 for a question with none)."""
     words = content_words(question)
     return len(words & content_words(passage)) / len(words) if words else 1.0
+
+
+def question_terms(question: str) -> set[str]:
+    """The names and numbers a question asks about (folded): its capitalised words past the first (a question's
+    first word is capitalised anyway) and any word holding a digit."""
+    words = _WORD.findall(question)
+    return {
+        fold(w) for i, w in enumerate(words)
+        if _is_content(w) and ((i > 0 and w[0].isupper()) or any(c.isdigit() for c in w))
+    }
+
+
+def about(question: str, passage: str, min_coverage: float) -> bool:
+    """Is the passage about what was asked, closely enough to answer it? It holds `min_coverage` of the
+    question's content words, every name and number the question asks about, and, for a negated question
+    ("what did they not..."), a negation too. A question on a passage's topic with a swapped entity, year or
+    relation, or a negation the text does not carry, is not answered by that passage, however close its
+    words: saying so beats an answer about something else."""
+    if min_coverage <= 0:
+        return True
+    if coverage(question, passage) < min_coverage or not question_terms(question) <= content_words(passage):
+        return False
+    return not _NEGATION.search(question) or bool(_NEGATION.search(passage))
 
 
 def supports(sentence: str, passage: str, question: str = "", min_coverage: float = 0.0) -> bool:
@@ -89,7 +115,7 @@ def supports(sentence: str, passage: str, question: str = "", min_coverage: floa
         return False  # a name or number the passage does not contain: another entity, another year
     if len(new & have) < MIN_SHARE * len(new):
         return False
-    return min_coverage <= 0 or coverage(question, passage) >= min_coverage
+    return about(question, passage, min_coverage)
 
 
 def split_sentences(text: str) -> list[str]:

@@ -9,11 +9,11 @@ from kb.catalog import ChunkRecord, DocumentRecord
 from kb.llm import ChatMessage
 from retrieval.answer import (
     ANSWERED,
+    NO_ANSWER,
     NO_ANSWER_STATUS,
     NOT_IN_LIBRARY,
     NOT_IN_LIBRARY_STATUS,
     SYSTEM_PROMPT,
-    NO_ANSWER,
     UNSUPPORTED,
     UNSUPPORTED_ANSWER,
     answer,
@@ -22,7 +22,17 @@ from retrieval.answer import (
     fit_passages,
     to_json,
 )
-from retrieval.citations import check_citations, content_words, coverage, fold, key_terms, neutralize, supports
+from retrieval.citations import (
+    about,
+    check_citations,
+    content_words,
+    coverage,
+    fold,
+    key_terms,
+    neutralize,
+    question_terms,
+    supports,
+)
 from retrieval.search import Hit, Passage
 
 NORMANS = (
@@ -178,7 +188,7 @@ def test_no_passage_about_the_question_means_the_model_is_not_asked() -> None:
     # a passage about it is given; the one that is not stays out of the prompt
     result = answer("When did Rollo sign the treaty?", searcher(*hits, hit(3, ROLLO)), model, min_coverage=0.67)
     assert "Rollo was the Viking" in model.calls[0][1].content and "Moon" not in model.calls[0][1].content
-    assert [(p.hit.chunk.id, p.given) for p in result.passages][0] == ("c3", True)
+    assert (result.passages[0].hit.chunk.id, result.passages[0].given) == ("c3", True)
 
 
 def test_out_of_range_citation_is_dropped_and_right_one_kept() -> None:
@@ -300,3 +310,19 @@ def test_words_are_compared_folded_and_names_and_numbers_must_match() -> None:
     assert supports("The Iroquois condemned the expedition of Celoron.", passage, "Who condemned it?")
     assert not supports("The Mohawk condemned the expedition of Celoron.", passage, "Who condemned it?")
     assert not supports("The Iroquois condemned it in 1750.", passage, "Who condemned it?")
+
+
+def test_a_passage_is_about_the_question_only_with_its_names_numbers_and_negation() -> None:
+    """SQuAD 2.0's unanswerable questions sit on a passage's topic with one thing changed: another name or year,
+    or a negation. Such a passage is not given to the model, and cannot back a citation."""
+    assert question_terms("When did Rollo sign the treaty of 911?") == {"rollo", "911"}
+    assert about("When did Rollo sign the treaty with Charles III?", ROLLO, 0.67)
+    assert not about("When did Rollo sign the treaty with Charles IV?", ROLLO, 0.67)  # another king
+    assert not about("Which treaty did Rollo sign in 912?", ROLLO, 0.67)  # another year
+    assert not about("Which treaty did Rollo not sign with Charles III?", ROLLO, 0.67)  # negated: nothing says so
+    assert about("Which treaty did Rollo never sign?", "Rollo never signed a treaty with Otto.", 0.67)
+    assert not about("What did Rollo build in Rouen?", ROLLO, 0.67)  # too little of the question
+    assert about("What did Rollo build in Rouen?", ROLLO, 0.0)  # the check is off
+    model = ScriptedModel("Charles III of West Francia [1].")
+    result = answer("Who signed a treaty with Rollo in 912?", searcher(hit(1, ROLLO)), model, min_coverage=0.67)
+    assert model.calls == [] and result.status == NO_ANSWER_STATUS and not result.passages[0].given
