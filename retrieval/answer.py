@@ -1,11 +1,13 @@
 """Answers with citations: retrieve, fit the best passages into the model's window, generate, check.
 
 The model only writes the wording. What the answer rests on is decided here, in code: which passages are
-given (retrieval, then the token budget), whether the library holds an answer at all (the best passage's
-similarity against a calibrated threshold), and which citations stand (retrieval/citations.py). Document
+given (retrieval, then only passages about the question: retrieval/citations.py `about`, then the token
+budget), whether the library holds an answer at all (the best passage's similarity against a calibrated
+threshold; no passage about the question), and which citations stand (retrieval/citations.py). An answer
+whose sentences no given passage supports says so, with the passages, instead of the model's words. Document
 text reaches the model as numbered, delimited, quoted data, with its own bracketed numbers defused, and the
 system prompt says it is data; so a passage saying "ignore previous instructions" or carrying a fake `[3]`
-can change the answer's words, never which passages are cited or whether the answer is said to be
+can change the answer's words, never the rules by which a citation stands or the answer is said to be
 supported.
 """
 

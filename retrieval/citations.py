@@ -1,11 +1,15 @@
 """Checking an answer's citations against the passages the model was given.
 
-A citation `[n]` stays only when passage n was given to the model and shares the content of the sentence
-it ends: lexical overlap of content words (lowercased, a plural 's' folded, stop words left out). The words
-that matter most are the sentence's own, beyond restating the question: at least half of those must occur
-in the passage, and every number among them. A sentence the model left uncited gets the given passage that
-supports it best, when one does. Everything here is plain text processing: what the model wrote, or what
-a document says, cannot change how it works.
+A citation `[n]` stays only when passage n was given to the model and holds what its sentence adds to the
+question: the sentence's content words beyond the question's (folded: case, accents, plural and -ed/-ing
+endings; stop words left out), at least half of them, and every name and number among them, since a wrong
+answer most often names another person or year. A sentence that only restates the question adds nothing
+and is supported by nothing. With a `min_coverage`, the passage must also be about the question (`about`):
+hold that share of the question's content words, its names and numbers, and its negation if it has one.
+A sentence left without a citation that stands (never cited, or cited wrongly) is re-pointed to the given
+passage that supports it best, when one does. Everything here is plain text processing: what the model
+wrote, or what a document says, cannot change how it works; a passage can only back a sentence its own
+text holds.
 """
 
 from __future__ import annotations
