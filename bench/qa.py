@@ -1,6 +1,7 @@
 """Answer benchmark on SQuAD 2.0: exact match, F1, citation precision, abstention, time to first token, speed.
 
-Usage: python bench/qa.py [BENCH_DIR] [--questions 200] [--k 3] [--max-tokens 64] [--seed 7] [--calibrate]
+Usage: python bench/qa.py [BENCH_DIR] [--questions 200] [--k 3] [--max-tokens 64] [--seed 7] [--min-coverage X]
+       [--calibrate]
 BENCH_DIR defaults to ../shared/bench (the data used is BENCH_DIR/qa/squad2_dev_cs224n_split/dev-v2.0.json).
 
 The even-numbered articles of the split are ingested as the library (one text file per article, its
@@ -11,7 +12,9 @@ the default settings' model through the same path as `kb ask`.
 --calibrate measures the abstention threshold instead (no language model): the best passage's dense
 similarity for answerable questions about the library's articles against questions about the odd-numbered
 articles, which are not in the library. It prints both distributions and the threshold that separates them
-best (Youden's J); Settings.answer_min_similarity holds the value chosen from it.
+best (Youden's J); Settings.answer_min_similarity holds the value chosen from it. It also prints, for each
+share of the question's words a passage must hold (Settings.answer_min_coverage), how many answerable questions
+keep a passage about them and how many unanswerable ones are refused before the model is asked.
 
 Prints one JSON object on its last line.
 """
@@ -97,28 +100,27 @@ def best_similarity(app: App, question: str) -> float:
 def coverage_split(
     app: App, answerable: list[dict[str, Any]], unanswerable: list[dict[str, Any]], k: int
 ) -> dict[str, Any]:
-    """How well the share of a question's content words found in its best passages separates SQuAD's
-    answerable questions from its adversarial unanswerable ones (same topic, answer not in the text)."""
-    from retrieval.citations import content_words
+    """How well "a passage about the question" (retrieval.citations.about: a share of the question's content
+    words, all its names and numbers, its negation) separates SQuAD's answerable questions from its adversarial
+    unanswerable ones (same topic, answer not in the text), for each share: the curve that
+    Settings.answer_min_coverage is chosen on. Only passages past the similarity gate count, as in answers."""
+    from retrieval.citations import about
 
-    def cov(q: str) -> float:
-        words = content_words(q)
-        hits = app.searcher.search(q, k=k)
-        have = set().union(*(content_words(h.chunk.text) for h in hits)) if hits else set()
-        return len(words & have) / len(words) if words else 1.0
+    floor = app.settings.answer_min_similarity
+    passages: dict[str, list[str]] = {}
+    for q in answerable + unanswerable:
+        hits = app.searcher.search(q["question"], k=k)
+        passages[q["question"]] = [h.chunk.text for h in hits if h.similarity is None or h.similarity >= floor]
 
-    a = [cov(q["question"]) for q in answerable]
-    u = [cov(q["question"]) for q in unanswerable]
-    best_t, best_j = 0.0, -1.0
-    for t in sorted(set(a + u)):
-        j = sum(x >= t for x in a) / len(a) - sum(x >= t for x in u) / len(u)
-        if j > best_j:
-            best_t, best_j = t, j
-    return {"coverage_answerable_mean": round(statistics.fmean(a), 4),
-            "coverage_unanswerable_mean": round(statistics.fmean(u), 4),
-            "coverage_threshold_youden": round(best_t, 4), "coverage_youden_j": round(best_j, 4),
-            "coverage_kept_answerable": round(sum(x >= best_t for x in a) / len(a), 4),
-            "coverage_refused_unanswerable": round(sum(x < best_t for x in u) / len(u), 4)}
+    def kept(qs: list[dict[str, Any]], share: float) -> float:
+        return sum(any(about(q["question"], p, share) for p in passages[q["question"]]) for q in qs) / len(qs)
+
+    curve = {}
+    for share in (0.0, 0.5, 0.6, 0.67, 0.75, 0.8, 1.0):
+        a, u = kept(answerable, share), kept(unanswerable, share)
+        curve[str(share)] = {"kept_answerable": round(a, 4), "refused_unanswerable": round(1 - u, 4),
+                             "youden_j": round(a - u, 4)}
+    return {"coverage_curve": curve}
 
 
 def calibrate(app: App, inside: list[dict[str, Any]], outside: list[dict[str, Any]]) -> dict[str, Any]:
@@ -217,6 +219,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=3, help="Passages retrieved per question.")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--min-coverage", type=float, help="Override Settings.answer_min_coverage.")
     parser.add_argument("--calibrate", action="store_true")
     parser.add_argument("--dump", type=Path, help="Write each question's answer and passages here (JSON lines).")
     args = parser.parse_args()
@@ -224,7 +227,10 @@ def main() -> None:
     library, others = articles[0::2], articles[1::2]
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="kb-qa-") as tmp:
-        app = build_library(library, Path(tmp), llm_max_tokens=args.max_tokens)
+        overrides: dict[str, Any] = {"llm_max_tokens": args.max_tokens}
+        if args.min_coverage is not None:
+            overrides["answer_min_coverage"] = args.min_coverage
+        app = build_library(library, Path(tmp), **overrides)
         try:
             inside = questions(library)
             if args.calibrate:
@@ -243,7 +249,8 @@ def main() -> None:
                 getattr(app.language_model(), "load", lambda: None)()
                 load_s = time.perf_counter() - t
                 result = {"bench": "qa", "model": app.settings.llm_model, "k": args.k, "max_tokens": args.max_tokens,
-                          "min_similarity": app.settings.answer_min_similarity, "model_load_s": round(load_s, 2),
+                          "min_similarity": app.settings.answer_min_similarity,
+                          "min_coverage": app.settings.answer_min_coverage, "model_load_s": round(load_s, 2),
                           **run_questions(app, sample, args.k, args.dump.open("w") if args.dump else None)}
         finally:
             app.close()

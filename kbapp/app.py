@@ -273,7 +273,7 @@ class App:
 
         events = answer_stream(
             question, search, model, k=k or s.answer_passages, max_tokens=s.llm_max_tokens,
-            min_similarity=s.answer_min_similarity,
+            min_similarity=s.answer_min_similarity, min_coverage=s.answer_min_coverage,
         )
         for event in events:
             out = to_json(event)

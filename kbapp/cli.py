@@ -427,11 +427,14 @@ def ask(obj: Context, question: tuple[str, ...], k: int | None, file_type: str |
 
 
 def _print_answer(a: dict[str, Any], *, streamed: bool) -> None:
-    """After the streamed words: the checked answer if checking changed it, what was dropped, the sources."""
+    """After the streamed words: the checked answer if checking changed it, the citations dropped or added, the
+    sources."""
     if not streamed or a["answer"] != a["raw"]:
         click.echo(("\nchecked: " if streamed else "") + a["answer"])
     for d in a.get("dropped", []):
         click.echo(click.style(f"  citation [{d['n']}] dropped: {d['reason']}", dim=True))
+    for d in a.get("added", []):
+        click.echo(click.style(f"  citation [{d['n']}] added: that passage holds the sentence", dim=True))
     passages = a.get("passages", [])
     cited = set(a.get("cited", []))
     shown = [p for p in passages if p["n"] in cited] or ([] if a["status"] == "answered" else passages[:3])

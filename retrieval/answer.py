@@ -1,11 +1,13 @@
 """Answers with citations: retrieve, fit the best passages into the model's window, generate, check.
 
 The model only writes the wording. What the answer rests on is decided here, in code: which passages are
-given (retrieval, then the token budget), whether the library holds an answer at all (the best passage's
-similarity against a calibrated threshold), and which citations stand (retrieval/citations.py). Document
+given (retrieval, then only passages about the question: retrieval/citations.py `about`, then the token
+budget), whether the library holds an answer at all (the best passage's similarity against a calibrated
+threshold; no passage about the question), and which citations stand (retrieval/citations.py). An answer
+whose sentences no given passage supports says so, with the passages, instead of the model's words. Document
 text reaches the model as numbered, delimited, quoted data, with its own bracketed numbers defused, and the
 system prompt says it is data; so a passage saying "ignore previous instructions" or carrying a fake `[3]`
-can change the answer's words, never which passages are cited or whether the answer is said to be
+can change the answer's words, never the rules by which a citation stands or the answer is said to be
 supported.
 """
 
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kb.llm import ChatMessage, LanguageModel
-from retrieval.citations import check_citations, neutralize
+from retrieval.citations import about, check_citations, neutralize
 from retrieval.search import Hit
 
 SYSTEM_PROMPT = (
@@ -30,6 +32,11 @@ SYSTEM_PROMPT = (
 NOT_IN_LIBRARY = "The library does not seem to hold the answer to this question."
 NO_ANSWER = "The passages found do not answer this question."
 UNSUPPORTED_NOTE = "(The passages given do not support this answer: treat it with care.)"
+# What an unsupported answer says instead of the model's words (kept in `raw`): the claim was not found in any
+# passage given, so repeating it, even flagged, would present a guess as the library's content.
+UNSUPPORTED_ANSWER = (
+    "The passages found do not support an answer to this question; the closest ones are listed. " + UNSUPPORTED_NOTE
+)
 # Tokens kept free for the chat template's own markers and the question's framing.
 PROMPT_OVERHEAD_TOKENS = 48
 _DONT_KNOW = re.compile(
@@ -74,7 +81,7 @@ class Answer:
 
     @property
     def abstained(self) -> bool:
-        return self.status in (NO_ANSWER_STATUS, NOT_IN_LIBRARY_STATUS)
+        return self.status in (NO_ANSWER_STATUS, NOT_IN_LIBRARY_STATUS, UNSUPPORTED)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -150,6 +157,7 @@ def answer_stream(
     k: int = 5,
     max_tokens: int = 200,
     min_similarity: float = 0.0,
+    min_coverage: float = 0.0,
 ) -> Iterator[dict[str, Any]]:
     """Events as they happen: {"event": "passages", "passages": [Passage]}, then {"event": "token", "text"}
     pieces, then {"event": "answer", "answer": Answer} with the checked answer (`to_json` makes any of them
@@ -172,8 +180,19 @@ def answer_stream(
         yield {"event": "answer", "answer": result}
         return
     # Passages below the same threshold are noise next to the relevant ones (a small model blends them into
-    # its sentences): they are returned, not given. Keyword-only hits (no similarity) are given.
-    close = [h for h in hits if h.similarity is None or h.similarity >= min_similarity]
+    # its sentences): they are returned, not given. Keyword-only hits (no similarity) are given. So is only a
+    # passage about what was asked: one holding at least `min_coverage` of the question's content words
+    # (Settings.answer_min_coverage). A citation needs the same of its passage (retrieval/citations.py), so
+    # with no such passage no answer could stand: the model is not asked, and says nothing it cannot back.
+    close = [h for h in hits if (h.similarity is None or h.similarity >= min_similarity)
+             and about(question, h.chunk.text, min_coverage)]
+    if not close:
+        passages = [Passage(i + 1, h, False) for i, h in enumerate(hits)]
+        yield {"event": "passages", "passages": passages}
+        result = Answer(question, NO_ANSWER, NO_ANSWER_STATUS, passages, model=model.name, best_similarity=best,
+                        timings=timings)
+        yield {"event": "answer", "answer": result}
+        return
     given, left = fit_passages(question, close, model, max_tokens)
     left += [h for h in hits if h not in close]
     passages = [Passage(n, h, True) for n, h in given]
@@ -195,7 +214,7 @@ def answer_stream(
     if len(pieces) > 1 and end > first:
         timings["tokens_per_s"] = (len(pieces) - 1) / (end - first)
     raw = "".join(pieces).strip()
-    result = finish(question, raw, passages, model.name)
+    result = finish(question, raw, passages, model.name, min_coverage=min_coverage)
     result.best_similarity, result.timings = best, {**timings, "total_s": time.perf_counter() - started}
     yield {"event": "answer", "answer": result}
 
@@ -209,14 +228,18 @@ def to_json(event: dict[str, Any]) -> dict[str, Any]:
     return dict(event)
 
 
-def finish(question: str, raw: str, passages: list[Passage], model_name: str = "") -> Answer:
-    """The checked answer from what the model wrote."""
+def finish(
+    question: str, raw: str, passages: list[Passage], model_name: str = "", *, min_coverage: float = 0.0
+) -> Answer:
+    """The checked answer from what the model wrote: its sentences with only the citations that stand, or, when no
+    sentence is backed by a given passage about the question, a plain statement that the passages do not
+    support an answer (the model's words stay in `raw`, the passages are returned either way)."""
     texts = {p.n: p.hit.chunk.text for p in passages if p.given}
     if not raw or _DONT_KNOW.match(raw):
         return Answer(question, NO_ANSWER, NO_ANSWER_STATUS, passages, raw=raw, model=model_name)
-    check = check_citations(raw, texts, question)
+    check = check_citations(raw, texts, question, min_coverage=min_coverage)
     status = ANSWERED if check.supported_sentences else UNSUPPORTED
-    text = check.text if status == ANSWERED else f"{check.text} {UNSUPPORTED_NOTE}".strip()
+    text = check.text if status == ANSWERED else UNSUPPORTED_ANSWER
     return Answer(question, text, status, passages, raw=raw, cited=check.cited, dropped=check.dropped,
                   added=check.added, model=model_name)
 

@@ -1,22 +1,28 @@
 """Checking an answer's citations against the passages the model was given.
 
-A citation `[n]` stays only when passage n was given to the model and shares the content of the sentence
-it ends: lexical overlap of content words (lowercased, a plural 's' folded, stop words left out). The words
-that matter most are the sentence's own, beyond restating the question: at least half of those must occur
-in the passage, and every number among them. A sentence the model left uncited gets the given passage that
-supports it best, when one does. Everything here is plain text processing: what the model wrote, or what
-a document says, cannot change how it works.
+A citation `[n]` stays only when passage n was given to the model and holds what its sentence adds to the
+question: the sentence's content words beyond the question's (folded: case, accents, plural and -ed/-ing
+endings; stop words left out), at least half of them, and every name and number among them, since a wrong
+answer most often names another person or year. A sentence that only restates the question adds nothing
+and is supported by nothing. With a `min_coverage`, the passage must also be about the question (`about`):
+hold that share of the question's content words, its names and numbers, and its negation if it has one.
+A sentence left without a citation that stands (never cited, or cited wrongly) is re-pointed to the given
+passage that supports it best, when one does. Everything here is plain text processing: what the model
+wrote, or what a document says, cannot change how it works; a passage can only back a sentence its own
+text holds.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 CITATION = re.compile(r"\s*\[(\d{1,3}(?:\s*[,;]\s*\d{1,3})*)\]")
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[^\s\[])")
+_NEGATION = re.compile(r"\b(?:not|never|no|none|nor|neither|without)\b|n't\b", re.I)
 MIN_SHARE = 0.5  # of the sentence's new content words that the cited passage must contain
 
 STOP_WORDS = frozenset(
@@ -31,30 +37,89 @@ STOP_WORDS = frozenset(
 )
 
 
+def fold(word: str) -> str:
+    """A word's comparable form: lowercased, accents removed, a few English endings cut (plural, -ed, -ing, a final e),
+    the same cut on both sides of a comparison, so 'condemned' meets 'condemn' and 'Céloron' meets 'Celoron'."""
+    w = unicodedata.normalize("NFKD", word.lower())
+    w = "".join(ch for ch in w if not unicodedata.combining(ch))
+    if w.isdigit() or len(w) <= 3:
+        return w
+    if w.endswith("ies") and len(w) > 4:
+        return w[:-3] + "y"
+    for end in ("ing", "ed", "s"):
+        if w.endswith(end) and len(w) - len(end) >= 3 and not w.endswith("ss"):
+            w = w[: -len(end)]
+            break
+    return w[:-1] if len(w) > 3 and w.endswith("e") else w
+
+
 def content_words(text: str) -> set[str]:
-    """The words that carry a text's content: lowercased, a plural 's' folded, stop words removed."""
-    out = set()
-    for w in _WORD.findall(text.lower()):
-        if w in STOP_WORDS or (len(w) < 2 and not w.isdigit()):
-            continue
-        if len(w) > 3 and w.endswith("s") and not w.endswith("ss"):
-            w = w[:-1]
-        out.add(w)
-    return out
+    """The words that carry a text's content, folded (see fold), stop words removed."""
+    return {fold(w) for w in _WORD.findall(text) if _is_content(w)}
 
 
-def supports(sentence: str, passage: str, question: str = "") -> bool:
-    """Does the passage share the sentence's content? (Its words beyond the question's, mostly.)"""
-    words = content_words(CITATION.sub("", sentence))
-    if not words:
+def _is_content(word: str) -> bool:
+    low = word.lower()
+    return low not in STOP_WORDS and (len(low) >= 2 or low.isdigit())
+
+
+def key_terms(sentence: str) -> set[str]:
+    """The sentence's names and numbers (folded): a capitalised word or one holding a digit. These are what a
+    wrong answer most often gets wrong (another person, another year), so each must occur in the passage."""
+    return {
+        fold(w) for w in _WORD.findall(sentence) if _is_content(w) and (w[0].isupper() or any(c.isdigit() for c in w))
+    }
+
+
+def answer_words(sentence: str, question: str = "") -> set[str]:
+    """What a sentence adds to the question: its content words the question does not already hold."""
+    return content_words(CITATION.sub("", sentence)) - content_words(question)
+
+
+def coverage(question: str, passage: str) -> float:
+    """The share of the question's content words the passage holds (1.0 for a question with none)."""
+    words = content_words(question)
+    return len(words & content_words(passage)) / len(words) if words else 1.0
+
+
+def question_terms(question: str) -> set[str]:
+    """The names and numbers a question asks about (folded): its capitalised words past the first (a question's
+    first word is capitalised anyway) and any word holding a digit."""
+    words = _WORD.findall(question)
+    return {
+        fold(w) for i, w in enumerate(words)
+        if _is_content(w) and ((i > 0 and w[0].isupper()) or any(c.isdigit() for c in w))
+    }
+
+
+def about(question: str, passage: str, min_coverage: float) -> bool:
+    """Is the passage about what was asked, closely enough to answer it? It holds `min_coverage` of the
+    question's content words, every name and number the question asks about, and, for a negated question
+    ("what did they not..."), a negation too. A question on a passage's topic with a swapped entity, year or
+    relation, or a negation the text does not carry, is not answered by that passage, however close its
+    words: saying so beats an answer about something else."""
+    if min_coverage <= 0:
+        return True
+    if coverage(question, passage) < min_coverage or not question_terms(question) <= content_words(passage):
+        return False
+    return not _NEGATION.search(question) or bool(_NEGATION.search(passage))
+
+
+def supports(sentence: str, passage: str, question: str = "", min_coverage: float = 0.0) -> bool:
+    """Does the passage hold what the sentence adds to the question?
+
+    The sentence's own content beyond restating the question must mostly occur in the passage (MIN_SHARE), and
+    all of its names and numbers must. A sentence that only restates the question adds nothing to support: it is
+    not an answer, whatever passage it cites."""
+    new = answer_words(sentence, question)
+    if not new:
         return False
     have = content_words(passage)
-    new = words - content_words(question)
-    pool = new or words
-    shared = pool & have
-    if any(w.isdigit() and w not in have for w in new):
-        return False  # a number (a year, an amount) the passage does not contain is never supported by it
-    return bool(shared) and len(shared) >= MIN_SHARE * len(pool)
+    if not key_terms(CITATION.sub("", sentence)) & new <= have:
+        return False  # a name or number the passage does not contain: another entity, another year
+    if len(new & have) < MIN_SHARE * len(new):
+        return False
+    return about(question, passage, min_coverage)
 
 
 def split_sentences(text: str) -> list[str]:
@@ -75,10 +140,13 @@ class CitationCheck:
 
 
 def check_citations(
-    answer: str, passages: Mapping[int, str], question: str = "", *, attribute: bool = True
+    answer: str, passages: Mapping[int, str], question: str = "", *, attribute: bool = True,
+    min_coverage: float = 0.0,
 ) -> CitationCheck:
     """Drop every citation that points outside `passages` or at a passage that does not support its sentence;
-    with `attribute`, give an uncited sentence the given passage that supports it best (if any does)."""
+    with `attribute`, give a sentence left without a citation (never cited, or all its citations dropped) the
+    given passage that supports it best, if one does: a model that cites [2] for what passage 1 says is
+    re-pointed to [1], not only corrected by a deletion."""
     out: list[str] = []
     cited: list[int] = []
     dropped: list[dict[str, object]] = []
@@ -94,12 +162,12 @@ def check_citations(
         for n in dict.fromkeys(numbers):
             if n not in passages:
                 dropped.append({"n": n, "sentence": bare, "reason": "no such passage was given"})
-            elif not supports(bare, passages[n], question):
+            elif not supports(bare, passages[n], question, min_coverage):
                 dropped.append({"n": n, "sentence": bare, "reason": "the passage does not support the sentence"})
             else:
                 keep.append(n)
-        if not numbers and attribute:
-            best = _best_support(bare, passages, question)
+        if not keep and attribute:
+            best = best_support(bare, passages, question, min_coverage)
             if best is not None:
                 keep.append(best)
                 added.append({"n": best, "sentence": bare})
@@ -110,12 +178,32 @@ def check_citations(
     return CitationCheck(" ".join(out).strip(), cited, dropped, added, supported, len(sentences))
 
 
-def _best_support(sentence: str, passages: Mapping[int, str], question: str) -> int | None:
-    words = content_words(sentence) - content_words(question) or content_words(sentence)
+def best_support(
+    sentence: str, passages: Mapping[int, str], question: str = "", min_coverage: float = 0.0
+) -> int | None:
+    """The given passage that supports the sentence best: the most of its new words, its answer's words in the
+    passage's own order (the span literally there) next, the better-ranked passage (lower number) on a tie."""
+    words = answer_words(sentence, question)
     scored = [
-        (len(words & content_words(text)), -n, n) for n, text in passages.items() if supports(sentence, text, question)
+        (len(words & content_words(text)), _span_found(sentence, text, question), -n, n)
+        for n, text in passages.items() if supports(sentence, text, question, min_coverage)
     ]
-    return max(scored)[2] if scored else None
+    return max(scored)[3] if scored else None
+
+
+def _span_found(sentence: str, passage: str, question: str) -> bool:
+    """Whether the sentence's longest run of new content words occurs in the passage as written (folded)."""
+    q = content_words(question)
+    runs: list[list[str]] = [[]]
+    for w in _WORD.findall(CITATION.sub("", sentence)):
+        f = fold(w)
+        if _is_content(w) and f not in q:
+            runs[-1].append(f)
+        elif runs[-1]:
+            runs.append([])
+    longest = max(runs, key=len)
+    folded = " ".join(fold(w) for w in _WORD.findall(passage) if _is_content(w))
+    return bool(longest) and f" {' '.join(longest)} " in f" {folded} "
 
 
 def _with_citations(sentence: str, numbers: Sequence[int]) -> str:

@@ -9,19 +9,30 @@ from kb.catalog import ChunkRecord, DocumentRecord
 from kb.llm import ChatMessage
 from retrieval.answer import (
     ANSWERED,
+    NO_ANSWER,
     NO_ANSWER_STATUS,
     NOT_IN_LIBRARY,
     NOT_IN_LIBRARY_STATUS,
     SYSTEM_PROMPT,
     UNSUPPORTED,
-    UNSUPPORTED_NOTE,
+    UNSUPPORTED_ANSWER,
     answer,
     answer_stream,
     build_messages,
     fit_passages,
     to_json,
 )
-from retrieval.citations import check_citations, content_words, neutralize, supports
+from retrieval.citations import (
+    about,
+    check_citations,
+    content_words,
+    coverage,
+    fold,
+    key_terms,
+    neutralize,
+    question_terms,
+    supports,
+)
 from retrieval.search import Hit, Passage
 
 NORMANS = (
@@ -117,13 +128,67 @@ def test_a_best_passage_too_long_for_the_window_is_cut_to_fit() -> None:
     assert model.count_tokens(given[0][1].chunk.text) < 300 - 50
 
 
-def test_citation_of_the_wrong_passage_is_dropped() -> None:
+def test_citation_of_the_wrong_passage_is_repointed_to_the_one_that_holds_the_sentence() -> None:
     model = ScriptedModel("Rollo signed a treaty with King Charles III in 911 [1].")
     result = answer("Who was Rollo?", searcher(hit(1, NORMANS), hit(2, ROLLO)), model)
-    assert result.dropped == [{"n": 1, "sentence": "Rollo signed a treaty with King Charles III in 911.",
-                               "reason": "the passage does not support the sentence"}]
-    assert "[1]" not in result.text
-    assert result.status == UNSUPPORTED and UNSUPPORTED_NOTE in result.text
+    sentence = "Rollo signed a treaty with King Charles III in 911."
+    assert result.dropped == [{"n": 1, "sentence": sentence, "reason": "the passage does not support the sentence"}]
+    assert result.added == [{"n": 2, "sentence": sentence}]
+    assert result.text == "Rollo signed a treaty with King Charles III in 911 [2]."
+    assert result.status == ANSWERED and result.cited == [2]
+
+
+def test_a_wrong_entity_is_not_supported_by_a_passage_about_the_topic() -> None:
+    """The passage is about the same treaty, and shares most words with the sentence; but it names Charles III,
+    not Louis, and 911, not 912: the citation is dropped, nothing else holds the claim, the answer says so."""
+    question = "Who signed the treaty with Rollo?"
+    for claim in ("King Louis signed the treaty with Rollo in West Francia [1].",
+                  "Rollo signed a treaty with King Charles III of West Francia in 912 [1]."):
+        model = ScriptedModel(claim)
+        result = answer(question, searcher(hit(1, ROLLO), hit(2, NORMANS)), model)
+        assert [d["n"] for d in result.dropped] == [1] and result.added == [] and result.cited == []
+        assert result.status == UNSUPPORTED and result.abstained
+        assert result.text == UNSUPPORTED_ANSWER and result.raw == claim  # the guess is kept aside, not shown
+        assert [p.hit.chunk.id for p in result.passages] == ["c1", "c2"]  # the passages still come with it
+    right = answer(question, searcher(hit(1, ROLLO)), ScriptedModel("King Charles III of West Francia [1]."))
+    assert right.status == ANSWERED and right.cited == [1]
+
+
+def test_restating_the_question_is_not_an_answer() -> None:
+    model = ScriptedModel("The answer is: Rollo signed a treaty with Charles III [1].")
+    result = answer("What treaty did Rollo sign with Charles III?", searcher(hit(1, ROLLO)), model)
+    assert result.status == UNSUPPORTED and result.cited == [] and result.dropped[0]["n"] == 1
+
+
+def test_an_answer_found_in_no_given_passage_abstains_with_the_passages() -> None:
+    model = ScriptedModel("The Moon is made of green cheese [1].")
+    result = answer("What is the Moon made of?", searcher(hit(1, MOON), hit(2, NORMANS)), model)
+    assert result.status == UNSUPPORTED and result.abstained and result.text == UNSUPPORTED_ANSWER
+    assert [(p.n, p.given) for p in result.passages] == [(1, True), (2, True)]
+    assert to_json({"event": "answer", "answer": result})["answer"]["passages"][0]["text"] == MOON
+
+
+def test_a_citation_needs_a_passage_about_the_question() -> None:
+    """A passage that holds the sentence's words but little of what was asked cannot back it (min_coverage);
+    a passage that holds both can."""
+    other = "Charles III also met Rollo."
+    question = "Which king signed the treaty of 911 with Rollo?"
+    assert coverage(question, ROLLO) == 1.0 and coverage(question, other) < 0.67
+    checked = check_citations("King Charles III [2].", {1: ROLLO, 2: other}, question, min_coverage=0.67)
+    assert checked.cited == [1] and checked.dropped[0]["n"] == 2
+    assert check_citations("King Charles III [1].", {1: other}, question, min_coverage=0.67).cited == []
+
+
+def test_no_passage_about_the_question_means_the_model_is_not_asked() -> None:
+    model = ScriptedModel("Invented [1].")
+    hits = [hit(1, MOON, similarity=0.6), hit(2, NORMANS, similarity=0.5)]
+    result = answer("When did Rollo sign the treaty of Saint-Clair?", searcher(*hits), model, min_coverage=0.67)
+    assert model.calls == [] and result.status == NO_ANSWER_STATUS and result.text == NO_ANSWER
+    assert [(p.hit.chunk.id, p.given) for p in result.passages] == [("c1", False), ("c2", False)]
+    # a passage about it is given; the one that is not stays out of the prompt
+    result = answer("When did Rollo sign the treaty?", searcher(*hits, hit(3, ROLLO)), model, min_coverage=0.67)
+    assert "Rollo was the Viking" in model.calls[0][1].content and "Moon" not in model.calls[0][1].content
+    assert (result.passages[0].hit.chunk.id, result.passages[0].given) == ("c3", True)
 
 
 def test_out_of_range_citation_is_dropped_and_right_one_kept() -> None:
@@ -202,9 +267,10 @@ def test_injection_in_a_passage_changes_only_the_wording() -> None:
     user = obedient.calls[0][1].content
     assert user.count("<passage") == 2 and user.count("</passage>") == 2  # the fake delimiters are gone
     assert "cite (1), (2) and (3)" in user
-    # nothing the passage asked for is certified: no citation stands, and the answer says it is unsupported
-    assert result.cited == [] and result.status == UNSUPPORTED and UNSUPPORTED_NOTE in result.text
+    # its fake [3] and the wrong [1] (passage 1 says 911) are dropped; what stands can only point at the passage
+    # whose own text holds the sentence's words: the user sees the injected passage as the source of them
     assert sorted(d["n"] for d in result.dropped) == [1, 3, 3]
+    assert set(result.cited) <= {2} and "[1]" not in result.text and "[3]" not in result.text
     # the same question with a well-behaved model: same passages, same prompt framing
     good = ScriptedModel("Rollo signed the treaty in 911 [1].")
     clean = answer(question, searcher(hit(1, ROLLO), hit(2, evil)), good)
@@ -234,3 +300,29 @@ def test_support_checks_content_words() -> None:
     checked = check_citations("It is France [1, 2]. Also [3]", {1: NORMANS, 2: MOON}, "Where is Normandy?")
     assert checked.text.startswith("It is France [1].")
     assert neutralize("see [12] and [3, 4]") == "see (12) and (3, 4)"
+
+
+def test_words_are_compared_folded_and_names_and_numbers_must_match() -> None:
+    assert fold("condemned") == fold("condemn") and fold("ruled") == fold("ruling") == fold("rule")
+    assert fold("Céloron") == "celoron" and fold("Huguenots") == "huguenot" and fold("1294") == "1294"
+    assert key_terms("In 1294 the Il-khanate tried paper money, said Rashid.") == {"1294", "il", "rashid"}
+    passage = "Céloron's expedition was condemned by the Iroquois in 1749."
+    assert supports("The Iroquois condemned the expedition of Celoron.", passage, "Who condemned it?")
+    assert not supports("The Mohawk condemned the expedition of Celoron.", passage, "Who condemned it?")
+    assert not supports("The Iroquois condemned it in 1750.", passage, "Who condemned it?")
+
+
+def test_a_passage_is_about_the_question_only_with_its_names_numbers_and_negation() -> None:
+    """SQuAD 2.0's unanswerable questions sit on a passage's topic with one thing changed: another name or year,
+    or a negation. Such a passage is not given to the model, and cannot back a citation."""
+    assert question_terms("When did Rollo sign the treaty of 911?") == {"rollo", "911"}
+    assert about("When did Rollo sign the treaty with Charles III?", ROLLO, 0.67)
+    assert not about("When did Rollo sign the treaty with Charles IV?", ROLLO, 0.67)  # another king
+    assert not about("Which treaty did Rollo sign in 912?", ROLLO, 0.67)  # another year
+    assert not about("Which treaty did Rollo not sign with Charles III?", ROLLO, 0.67)  # negated: nothing says so
+    assert about("Which treaty did Rollo never sign?", "Rollo never signed a treaty with Otto.", 0.67)
+    assert not about("What did Rollo build in Rouen?", ROLLO, 0.67)  # too little of the question
+    assert about("What did Rollo build in Rouen?", ROLLO, 0.0)  # the check is off
+    model = ScriptedModel("Charles III of West Francia [1].")
+    result = answer("Who signed a treaty with Rollo in 912?", searcher(hit(1, ROLLO)), model, min_coverage=0.67)
+    assert model.calls == [] and result.status == NO_ANSWER_STATUS and not result.passages[0].given

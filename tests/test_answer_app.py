@@ -123,3 +123,19 @@ def test_cli_ask_streams_then_prints_sources(tmp_path: Path, monkeypatch: pytest
     r = runner.invoke(cli.main, ["--data-dir", str(tmp_path / "data"), "ask", "Who signed the treaty?"])
     assert r.exit_code == 2 and "kb: error: cannot reach the model server" in r.output
     assert "Traceback" not in r.output
+
+
+def test_cli_says_which_citations_were_dropped_and_which_re_pointed(capsys: pytest.CaptureFixture[str]) -> None:
+    from test_answer import MOON, hit, searcher
+
+    from kbapp import cli
+    from retrieval.answer import answer, to_json
+
+    model = ScriptedModel("Rollo signed a treaty with Charles III in 911 [1].")
+    result = answer("Who was Rollo?", searcher(hit(1, MOON), hit(2, ROLLO)), model)
+    cli._print_answer(to_json({"event": "answer", "answer": result})["answer"], streamed=True)
+    out = capsys.readouterr().out
+    assert "checked: Rollo signed a treaty with Charles III in 911 [2]." in out
+    assert "citation [1] dropped: the passage does not support the sentence" in out
+    assert "citation [2] added: that passage holds the sentence" in out
+    assert "sources:\n  [2] doc 2" in out
