@@ -182,7 +182,7 @@ def test_unix_socket_api_needs_no_login_or_csrf(make_app: AppFactory, hashed: st
 def test_refuses_to_listen_beyond_loopback_without_a_password(tmp_path: Path, hashed: str) -> None:
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5") and not is_loopback("example.org")
-    with pytest.raises(ConfigError, match="refusing to listen on 0.0.0.0"):
+    with pytest.raises(ConfigError, match=r"refusing to listen on 0\.0\.0\.0"):
         check_bind(load_settings(data_dir=tmp_path, host="0.0.0.0"))
     check_bind(load_settings(data_dir=tmp_path, host="0.0.0.0", admin_password_hash=hashed))
     check_bind(load_settings(data_dir=tmp_path))
