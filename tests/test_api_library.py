@@ -306,6 +306,8 @@ def test_meetings_with_summary_times_and_segments(make_app: AppFactory) -> None:
         [m] = page["items"]
         assert m["id"] == meeting.id and m["duration_s"] == meeting.meta["duration_s"] and m["summary_ref"]
         assert m["summary_status"] == "ready" and m["video"] is False
+        [listed] = [i for i in c.get("/api/v1/documents?kind=meeting").json()["items"]]
+        assert listed["duration_s"] == m["duration_s"] and listed["ref"] == m["ref"]
         one = c.get(f"/api/v1/meetings/{m['ref']}").json()
         assert one["segments"] and all(s["start_s"] is not None and s["end_s"] >= s["start_s"]
                                        for s in one["segments"])
