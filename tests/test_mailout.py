@@ -603,8 +603,9 @@ def test_the_service_sends_a_missed_digest_when_it_starts_and_not_again_after_a_
     inbox.mkdir()
     now = time.time()
     catalog = Catalog(data / "catalog.sqlite3")
-    with catalog.transaction() as db:  # the service last ran three days ago; a file failed the day after (inside the missed
-        # period, which ends at the latest 8:00: a failure after that belongs to the next digest)
+    # the service last ran three days ago; a file failed the day after (inside the missed period, which ends
+    # at the latest 8:00: a failure after that belongs to the next digest)
+    with catalog.transaction() as db:
         db.execute("INSERT INTO schedules(name, last_fire, covered_until, last_outcome, updated_at)"
                    " VALUES ('digest', ?, ?, 'queued', ?)", (now - 3 * 86400, now - 3 * 86400, now - 3 * 86400))
         db.execute("INSERT INTO sources(uri, source_type, status, error, first_seen, updated_at)"
