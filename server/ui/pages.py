@@ -1,0 +1,245 @@
+"""The page handlers: each reads what it shows from the Library (the App) and renders a Jinja template."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from litestar import Request, get
+from litestar.exceptions import HTTPException, NotFoundException
+from litestar.response import Template
+from litestar.router import Router
+
+from kb.errors import KbError
+from server.ui import data, render
+
+log = logging.getLogger(__name__)
+PAGE_SIZE = 10
+MAX_RESULTS = 200  # the search returns at most this many documents; pages go as far as that
+
+HELPERS = SimpleNamespace(
+    marked=render.marked, clock=render.clock, size=render.size, when=render.when, ago=render.ago,
+    place=render.place, name_of=render.name_of, passage_url=render.passage_url, query_url=render.query_url,
+    kind_labels=render.KIND_LABELS,
+)
+NAV = [("/", "Search"), ("/ask", "Ask"), ("/library", "Library"), ("/meetings", "Meetings"),
+       ("/upload", "Upload"), ("/status", "Status")]
+
+
+def page(request: Request[Any, Any, Any], template: str, status_code: int = 200, **context: Any) -> Template:
+    """A page: the template with what every page needs (the signed-in user, navigation, helpers)."""
+    user = request.scope.get("user")
+    state = request.app.state
+    context.update(
+        user=user, auth_enabled=bool(user) or bool(state.get("auth_enabled")), nav=NAV, h=HELPERS,
+        path=request.url.path, q=context.get("q", ""),
+    )
+    return Template(template_name=template, context=context, status_code=status_code)
+
+
+def _int(value: str | None, default: int, low: int = 0, high: int = 10**9) -> int:
+    try:
+        return max(low, min(high, int(value))) if value not in (None, "") else default
+    except ValueError:
+        return default
+
+
+def _date(value: str | None) -> str | None:
+    """An ISO date from a date input, or None (anything else is ignored, not an error)."""
+    import datetime as dt
+
+    if not value:
+        return None
+    try:
+        return dt.date.fromisoformat(value[:10]).isoformat()
+    except ValueError:
+        return None
+
+
+@get("/", sync_to_thread=True, name="search")
+def search_page(
+    request: Request[Any, Any, Any], library: Any, q: str = "", kind: str | None = None, tag: str | None = None,
+    type: str | None = None, after: str | None = None, before: str | None = None,
+) -> Template:
+    """Search: the query box, filters with counts, results with highlighted snippets, pagination."""
+    n = _int(request.query_params.get("page"), 1, 1, MAX_RESULTS // PAGE_SIZE)
+    params = {"q": q, "kind": kind, "tag": tag, "type": type, "after": _date(after), "before": _date(before)}
+    hits: list[dict[str, Any]] = []
+    facets: dict[str, dict[str, int]] = {}
+    total = 0
+    error = None
+    if q.strip():
+        try:
+            result = library.search_page(
+                q, k=min(MAX_RESULTS, n * PAGE_SIZE), kind=kind or None, file_type=type or None, tag=tag or None,
+                after=params["after"], before=params["before"],
+            )
+            hits = result["hits"][(n - 1) * PAGE_SIZE : n * PAGE_SIZE]
+            facets = result.get("facets") or {}
+            total = int(result.get("total") or sum((facets.get("kind") or {}).values()) or len(result["hits"]))
+        except (KbError, ValueError) as exc:
+            error = str(exc)
+    pages = max(1, min(MAX_RESULTS // PAGE_SIZE, -(-total // PAGE_SIZE)))
+    return page(
+        request, "search.html", q=q, params=params, hits=hits, facets=facets, total=total, page_no=n, pages=pages,
+        error=error, offset=(n - 1) * PAGE_SIZE, title=f"{q} – search" if q else "Search",
+    )
+
+
+@get("/ask", sync_to_thread=False, name="ask")
+def ask_page(request: Request[Any, Any, Any], q: str = "") -> Template:
+    """Ask: the answer streams in from /api/v1/ask/stream (JavaScript), with its passages beside it."""
+    return page(request, "ask.html", q=q, title=f"{q} – ask" if q else "Ask")
+
+
+@get("/documents/{doc_id:int}", sync_to_thread=True, name="document")
+def document_page(
+    request: Request[Any, Any, Any], library: Any, doc_id: int, chunk: str | None = None,
+) -> Template:
+    """A document: metadata, the original, the extracted text with the cited passage highlighted."""
+    part = request.query_params.get("part")
+    view = data.document_view(library, doc_id, chunk, _int(part, 0) if part else None)
+    if view is None:
+        raise NotFoundException(f"There is no document {doc_id} in the library (it may have been forgotten).")
+    pdf_page = _int(request.query_params.get("page"), 0, 0)
+    t = request.query_params.get("t")
+    start = None
+    if t:
+        try:
+            start = max(0.0, float(t))
+        except ValueError:
+            start = None
+    if start is None and view["cited"] is not None and view["cited"].t_start is not None:
+        start = view["cited"].t_start
+    if not pdf_page and view["cited"] is not None and view["cited"].page:
+        pdf_page = view["cited"].page
+    return page(
+        request, "document.html", **view, pdf_page=pdf_page, start=start, chunk=chunk,
+        title=render.name_of({"title": view["doc"].title, "paths": view["paths"]}),
+    )
+
+
+@get("/library", sync_to_thread=True, name="library")
+def library_page(
+    request: Request[Any, Any, Any], library: Any, status: str | None = None, kind: str | None = None,
+    q: str | None = None,
+) -> Template:
+    """Every document and queued or failed item, with status, source and date; retry and forget."""
+    offset = _int(request.query_params.get("offset"), 0, 0)
+    listing = data.library_items(library, status=status, kind=kind, q=q, offset=offset, limit=50)
+    for item in listing["items"]:
+        item["retry_jobs"] = data.failed_jobs(library, item["uri"]) if item["status"] == "failed" else []
+    counts = library.catalog.stats()
+    return page(
+        request, "library.html", listing=listing, status=status or "", kind=kind or "", filter_q=q or "",
+        counts=counts, params={"status": status, "kind": kind, "q": q}, title="Library",
+    )
+
+
+@get("/meetings", sync_to_thread=True, name="meetings")
+def meetings_page(request: Request[Any, Any, Any], library: Any) -> Template:
+    """Recordings with their duration and whether their summary is made."""
+    return page(request, "meetings.html", meetings=data.meetings_list(library), title="Meetings")
+
+
+@get("/meetings/{doc_id:int}", sync_to_thread=True, name="meeting")
+def meeting_page(request: Request[Any, Any, Any], library: Any, doc_id: int) -> Template:
+    """A recording: the player, its summary (each point plays from its time) and the transcript."""
+    view = data.document_view(library, doc_id)
+    if view is None or view["doc"].kind != "meeting":
+        raise NotFoundException(f"There is no meeting {doc_id} in the library.")
+    t = request.query_params.get("t")
+    start = None
+    try:
+        start = max(0.0, float(t)) if t else None
+    except ValueError:
+        start = None
+    return page(request, "meeting.html", **view, start=start, chunk=None, pdf_page=0,
+                title=render.name_of({"title": view["doc"].title, "paths": view["paths"]}))
+
+
+@get("/upload", sync_to_thread=False, name="upload")
+def upload_page(request: Request[Any, Any, Any], settings: Any) -> Template:
+    """Upload: drag and drop files (progress per file), or choose them; they land in the inbox."""
+    inbox = settings.inbox[0].path if settings.inbox else None
+    return page(
+        request, "upload.html", inbox=str(inbox) if inbox else "", limit_mb=getattr(settings, "upload_max_mb", None),
+        title="Upload",
+    )
+
+
+def _dir_size(path: Path, budget: int = 200_000) -> int | None:
+    """Bytes under a folder (None when it has too many files to count on a page view)."""
+    total, seen = 0, 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            seen += 1
+            if seen > budget:
+                return None
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, f)).st_size
+    return total
+
+
+@get("/status", sync_to_thread=True, name="status")
+def status_page(request: Request[Any, Any, Any], library: Any, settings: Any) -> Template:
+    """Status: watched folders and mail accounts with health, the queue, models, index size, disk used."""
+    status = library.status()
+    data_dir = Path(status.get("data_dir") or settings.data_dir)
+    disk = status.get("disk") or {}
+    if not disk:
+        try:
+            usage = shutil.disk_usage(data_dir)
+            disk = {"used_bytes": _dir_size(data_dir), "free_bytes": usage.free, "total_bytes": usage.total}
+        except OSError:
+            disk = {}
+    models = status.get("models") or {
+        "embedding": {"name": status.get("embed_model")},
+        "answers": {"name": settings.llm_remote_model if settings.llm_url else settings.llm_model},
+        "transcription": {"name": settings.whisper_model},
+    }
+    return page(
+        request, "status.html", status=status, disk=disk, models=models, queue=data.queue(library, 20),
+        inbox=[{"path": str(f.path), "tag": f.tag, "mode": f.mode} for f in settings.inbox], title="Status",
+    )
+
+
+@get("/login", sync_to_thread=False, name="login", exclude_from_auth=True, exclude_from_csrf=True)
+def login_page(request: Request[Any, Any, Any], next: str = "/") -> Template:
+    """The sign-in form (the POST is the service's); `next` stays a path on this site."""
+    if not next.startswith("/") or next.startswith("//") or "\\" in next:
+        next = "/"
+    failed = "error" in request.query_params
+    return page(request, "login.html", next=next, failed=failed, title="Sign in")
+
+
+def error_page(request: Request[Any, Any, Any], exc: Exception) -> Template:
+    """A friendly page for a missing page or a failure on a page (the API keeps its JSON errors)."""
+    if isinstance(exc, HTTPException):
+        status, message = exc.status_code, str(exc.detail)
+    elif isinstance(exc, KbError):
+        status, message = 409, str(exc)
+    else:
+        log.exception("page failed: %s", request.url.path)
+        status, message = 500, "Something went wrong on this page. The details are in the service's log."
+    if status == 404 and message in ("Not Found", ""):
+        message = "There is no page at this address."
+    return page(request, "error.html", status_code=status, status=status, message=message,
+                title="Not found" if status == 404 else "Something went wrong")
+
+
+PAGES: list[Callable[..., Any]] = [
+    search_page, ask_page, document_page, library_page, meetings_page, meeting_page, upload_page, status_page,
+    login_page,
+]
+
+
+def pages_router() -> Router:
+    """The pages, with errors on them shown as a page rather than JSON."""
+    return Router(path="/", route_handlers=PAGES, exception_handlers={Exception: error_page})

@@ -1,0 +1,182 @@
+"""The web UI's pages, rendered by Litestar's test client over a real App (fast fake embedder)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from html.parser import HTMLParser
+from typing import Any
+
+import pytest
+from fixtures import write_eml, write_pdf
+from litestar import Litestar
+from litestar.contrib.jinja import JinjaTemplateEngine
+from litestar.di import Provide
+from litestar.static_files import create_static_files_router
+from litestar.template.config import TemplateConfig
+from litestar.testing import TestClient
+
+from kb.embedding import HashEmbedder
+from kb.settings import load_settings
+from kbapp.app import App
+from server.ui import STATIC_DIR, TEMPLATE_DIR, ui_routes
+
+XSS = "<script>alert(1)</script>"
+XSS_NAME = "<img src=x onerror=alert(1)>"  # a file name cannot hold a slash
+
+
+def ui_app(library: App) -> Litestar:
+    """The pages as create_app mounts them (routes, static files, templates, the two dependencies)."""
+    return Litestar(
+        route_handlers=[*ui_routes(), create_static_files_router(path="/static", directories=[STATIC_DIR])],
+        template_config=TemplateConfig(directory=TEMPLATE_DIR, engine=JinjaTemplateEngine),
+        dependencies={
+            "library": Provide(lambda: library, sync_to_thread=False),
+            "settings": Provide(lambda: library.settings, sync_to_thread=False),
+        },
+        debug=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
+    """One library for the module (the pages only read it): text, markdown, a PDF, a mail, a broken PDF."""
+    tmp_path = tmp_path_factory.mktemp("ui")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "lease.txt").write_text(
+        "The lease of the flat on Harbour Street was signed by Maria Lopez in March.\n\n"
+        "The monthly rent is 950 euros, due on the first day of each month.\n", encoding="utf-8",
+    )
+    evil = f"Boiler manual {XSS} the boiler needs a yearly service.\n"
+    (docs / f"evil{XSS_NAME}.txt").write_text(evil, encoding="utf-8")
+    (docs / "notes.md").write_text(f"# {XSS} heading\n\nThe heron nests near the boiler house.\n", encoding="utf-8")
+    write_pdf(docs / "report.pdf", ["The pier cost 12 million to build.", "Page two speaks of gulls."])
+    write_eml(docs / "mail.eml")
+    bad = docs / "broken.pdf"
+    bad.write_bytes(b"%PDF-1.4 this is not really a pdf")
+    app = App(load_settings(data_dir=tmp_path / "data", workers=0, summary_llm=False), embedder=HashEmbedder())
+    app.ingest([docs])
+    yield app
+    app.close()
+
+
+@pytest.fixture(scope="module")
+def client(library: App) -> Iterator[TestClient[Any]]:
+    with TestClient(app=ui_app(library)) as c:
+        yield c
+
+
+def doc_id(library: App, name: str) -> int:
+    rows = library.catalog.read("SELECT doc_id FROM sources WHERE uri LIKE ?", (f"%{name}",))
+    return int(rows[0]["doc_id"])
+
+
+def test_search_page_shows_highlighted_results_with_links_to_the_passage(client: TestClient[Any], library: App) -> None:
+    r = client.get("/", params={"q": "lease Harbour"})
+    assert r.status_code == 200
+    html = r.text
+    lease = doc_id(library, "lease.txt")
+    assert f'href="/documents/{lease}?chunk=' in html
+    assert "<mark>" in html and "<mark>Harbour</mark>" in html
+    assert re.search(r"\d+ documents? found", html)
+
+
+def test_search_filters_and_facet_counts(client: TestClient[Any]) -> None:
+    html = client.get("/", params={"q": "boiler"}).text
+    assert 'class="facet"' in html and "File type" in html
+    only_md = client.get("/", params={"q": "boiler", "type": "md"}).text
+    assert "notes.md" in only_md and "evil" not in only_md
+    # a bad date is ignored, not an error
+    assert client.get("/", params={"q": "boiler", "after": "yesterday"}).status_code == 200
+
+
+def test_empty_search_page_and_no_results(client: TestClient[Any]) -> None:
+    assert "Find anything" in client.get("/").text
+    assert client.get("/", params={"q": "xylophonequartz"}).status_code == 200
+    assert "Nothing found" in client.get("/", params={"q": "heron", "kind": "meeting"}).text
+
+
+def test_document_text_title_and_file_name_are_escaped(client: TestClient[Any], library: App) -> None:
+    html = client.get("/", params={"q": "boiler"}).text
+    assert XSS not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    page = client.get(f"/documents/{doc_id(library, f'evil{XSS_NAME}.txt')}").text
+    assert XSS not in page and XSS_NAME not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "evil&lt;img src=x onerror=alert(1)&gt;" in page
+    assert XSS not in client.get(f"/documents/{doc_id(library, 'notes.md')}").text
+    library_html = client.get("/library").text
+    assert XSS_NAME not in library_html and "&lt;img src=x onerror=alert(1)&gt;" in library_html
+    assert XSS not in client.get("/", params={"q": XSS}).text
+
+
+def test_document_page_highlights_the_cited_chunk(client: TestClient[Any], library: App) -> None:
+    pdf = doc_id(library, "report.pdf")
+    chunk = library.catalog.chunks_of(pdf)[-1]
+    html = client.get(f"/documents/{pdf}", params={"chunk": chunk.id}).text
+    assert f'class="chunk cited" id="c-{chunk.id}"' in html
+    assert f'/api/v1/documents/{pdf}/original#page={chunk.page}' in html
+    assert f'id="page-{chunk.page}"' in html
+
+
+def test_mail_document_shows_headers(client: TestClient[Any], library: App) -> None:
+    html = client.get(f"/documents/{doc_id(library, 'mail.eml')}").text
+    assert "From</dt>" in html and "Subject</dt>" in html
+
+
+def test_library_lists_documents_and_failures_with_actions(client: TestClient[Any]) -> None:
+    html = client.get("/library").text
+    assert "lease.txt" in html and 'data-action="forget"' in html
+    failed = client.get("/library", params={"status": "failed"}).text
+    assert "broken.pdf" in failed and "lease.txt" not in failed
+    assert 'data-action="retry"' in failed or "failed" in failed
+
+
+def test_other_pages_render(client: TestClient[Any]) -> None:
+    for url in ("/ask", "/ask?q=who+signed+the+lease", "/meetings", "/upload", "/status", "/login"):
+        r = client.get(url)
+        assert r.status_code == 200, url
+        assert '<main id="main"' in r.text
+
+
+def test_missing_document_is_a_friendly_page(client: TestClient[Any]) -> None:
+    r = client.get("/documents/99999")
+    assert r.status_code == 404
+    assert "text/html" in r.headers["content-type"]
+    assert "There is no document 99999" in r.text
+
+
+def test_login_next_stays_on_this_site(client: TestClient[Any]) -> None:
+    html = client.get("/login", params={"next": "https://evil.example/"}).text
+    assert 'name="next" value="/"' in html
+    assert 'name="password"' in html
+
+
+class InlineFinder(HTMLParser):
+    """Collects what a strict CSP would block: inline scripts, style attributes, event-handler attributes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bad: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        names = {k for k, _ in attrs}
+        if tag == "script" and "src" not in names:
+            self.bad.append("inline <script>")
+        if tag == "style":
+            self.bad.append("<style>")
+        self.bad += [f"{tag} {k}=" for k in names if k == "style" or k.startswith("on")]
+
+
+def test_pages_have_no_inline_script_or_style(client: TestClient[Any], library: App) -> None:
+    """The Content-Security-Policy forbids inline script and style: no page may rely on them."""
+    for url in ("/", "/?q=lease", "/ask?q=rent", "/library", "/upload", "/status", "/meetings",
+                f"/documents/{doc_id(library, 'lease.txt')}"):
+        found = InlineFinder()
+        found.feed(client.get(url).text)
+        assert found.bad == [], url
+
+
+def test_static_files_are_served(client: TestClient[Any]) -> None:
+    for name in ("app.css", "app.js", "ask.js", "theme.js", "upload.js", "library.js", "document.js"):
+        assert client.get(f"/static/{name}").status_code == 200
