@@ -215,6 +215,28 @@ class Settings(BaseSettings):
         "(calibrated with bench/qa.py --calibrate).",
     )
 
+    # web service (kb serve)
+    host: str = Field("127.0.0.1", description="Address the web UI and API listen on; anything but loopback "
+                      "needs admin_password_* or api_token_*.")
+    port: int = Field(8750, ge=1, le=65535, description="Port of the web UI and API.")
+    base_url: str | None = Field(
+        None, description="The public URL of the web UI (links in e-mails); default http://host:port."
+    )
+    admin_password_hash: SecretStr | None = Field(
+        None, description="The admin password as an argon2 hash (make one with `kb hash-password`)."
+    )
+    admin_password_env: str | None = Field(None, description="Environment variable holding the admin password.")
+    admin_password_file: Path | None = Field(None, description="File holding the admin password (first line).")
+    admin_password: SecretStr | None = Field(None, exclude=True, description="Resolved from the two above.")
+    api_token_env: str | None = Field(None, description="Environment variable holding the API bearer token.")
+    api_token_file: Path | None = Field(None, description="File holding the API bearer token (first line).")
+    api_token: SecretStr | None = Field(None, exclude=True, description="Resolved from the two above.")
+    upload_max_mb: float = Field(200.0, gt=0, description="Largest file the upload page accepts.")
+    session_hours: float = Field(24.0 * 14, gt=0, description="How long a login lasts.")
+    cookie_secure: bool = Field(
+        False, description="Send the session cookie only over HTTPS (always so when the request came over HTTPS)."
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -281,6 +303,59 @@ class Settings(BaseSettings):
         if self.llm_api_key is None and self.llm_api_key_env:
             self.llm_api_key = SecretStr(os.environ[self.llm_api_key_env])
         return self
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, v: str | None) -> str | None:
+        if v and not v.startswith(("http://", "https://")):
+            raise ValueError("expected a URL like https://kb.example.org/")
+        return v.rstrip("/") if v else None
+
+    @field_validator("admin_password_hash")
+    @classmethod
+    def _hash(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and not v.get_secret_value().startswith("$argon2"):
+            raise ValueError("expected an argon2 hash ($argon2id$...): make one with `kb hash-password`")
+        return v
+
+    @model_validator(mode="after")
+    def _web_secrets(self) -> Settings:
+        # a secret from an environment variable or a file, never written in kb.toml itself
+        for name in ("admin_password", "api_token"):
+            if getattr(self, name) is not None:
+                continue
+            env, file = getattr(self, f"{name}_env"), getattr(self, f"{name}_file")
+            value: str | None = None
+            if env:
+                value = os.environ.get(env)
+                if value is None:
+                    raise ValueError(f"{name}_env names {env!r}, which is not set")
+            elif file:
+                try:
+                    lines = Path(file).expanduser().read_text().splitlines()
+                except OSError as exc:
+                    raise ValueError(f"cannot read {name}_file: {exc.strerror or exc}") from None
+                value = lines[0].strip() if lines else ""
+            if value is not None:
+                if len(value) < 8:
+                    raise ValueError(f"the {name.replace('_', ' ')} is shorter than 8 characters")
+                setattr(self, name, SecretStr(value))
+        return self
+
+    def public_url(self) -> str:
+        """The URL people open (links in e-mails): base_url, else http://host:port."""
+        if self.base_url:
+            return self.base_url
+        host = self.host
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    def auth_configured(self) -> bool:
+        """Whether an admin password or an API token is set (the web service then asks for one)."""
+        return self.admin_password_hash is not None or self.admin_password is not None or self.api_token is not None
 
     @model_validator(mode="after")
     def _defaults(self) -> Settings:

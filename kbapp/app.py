@@ -35,6 +35,7 @@ from kb.settings import Settings
 from kbapp.folders import FolderJobs, tagger
 from kbapp.runner import Runner
 from kbapp.summaries import AfterIngest, SummarizeHandler, meetings, queue_summary
+from kbapp.views import LibraryViews
 from retrieval.filters import Filters
 from retrieval.search import Searcher
 from watchers.folders import FolderWatcher
@@ -48,7 +49,7 @@ if TYPE_CHECKING:  # the IMAP client loads only when mail is wanted; the answer 
 log = logging.getLogger(__name__)
 
 
-class App:
+class App(LibraryViews):
     """Holds the long-lived components of one kb instance. Heavy pieces are built on first use."""
 
     def __init__(
@@ -71,12 +72,20 @@ class App:
         self.role = "library"  # "service" for `kb watch`, "one-off" for a command owning the directory
         self.health = HealthBoard()  # what the watchers report (folders, mail accounts)
         self.folder_tag = tagger(settings.inbox)
+        self.loading: dict[str, str] = {}  # model role -> loading | ready | failed: reason (the status page)
 
     def warm_up(self, lanes: Sequence[str] = (LANE_FAST,)) -> None:
         """Load the embedding model and start parser processes now, so the first file is not slow."""
-        self.embedder.embed(["warm up"])
+        self.loading.setdefault("embedding", "loading")
+        try:
+            self.embedder.embed(["warm up"])
+        except Exception as exc:
+            self.loading["embedding"] = f"failed: {describe_error(exc)}"
+            raise
+        self.loading["embedding"] = "ready"
         self.index()
         if self.role == "service" and self.settings.llm_preload:
+            self.loading["answer"] = "loading"
             threading.Thread(target=self._preload_llm, name="kb-llm-load", daemon=True).start()
         if self.settings.workers == 0:
             self.inline_parser.warm_up()
@@ -254,7 +263,9 @@ class App:
             load = getattr(self.language_model(), "load", None)
             if load is not None:
                 load()
+            self.loading["answer"] = "ready"
         except Exception as exc:  # reported again, as one line, to whoever asks a question
+            self.loading["answer"] = f"failed: {describe_error(exc)}"
             log.warning("the answer model is not available: %s", describe_error(exc))
 
     def ask_stream(
@@ -548,6 +559,7 @@ class App:
         from watchers.mail import folder_status
 
         stats["mail_folders"] = folder_status(self.catalog)
+        stats.update(self.machine_status())  # models (and which still load), index and disk sizes
         for f in stats["failures"]:
             f["path"] = display(f["path"])
         for w in stats["warnings"]:

@@ -567,6 +567,10 @@ def held(obj: Context, confirm: bool, discard: bool) -> None:
 @_errors
 def watch(obj: Context, scan_interval: float | None, quiet: bool) -> None:
     """Run the service: own the library, ingest the inbox folders as they change, answer other kb commands."""
+    _service(obj, scan_interval, quiet, web=False)
+
+
+def _service(obj: Context, scan_interval: float | None, quiet: bool, *, web: bool) -> None:
     from kb.lock import holder, try_lock
     from kbapp.app import App
     from kbapp.client import Client
@@ -574,6 +578,10 @@ def watch(obj: Context, scan_interval: float | None, quiet: bool) -> None:
     from kbapp.statusline import LiveLine
 
     s = _settings_or_exit(obj)
+    if web:  # before waiting for the lock: a refused bind is said at once
+        from server.security import check_bind
+
+        check_bind(s)
     said = False
     while True:
         lock = try_lock(s.data_dir)
@@ -593,9 +601,46 @@ def watch(obj: Context, scan_interval: float | None, quiet: bool) -> None:
     app = App(s)
     try:
         run_service(app, lock, scan_interval_s=scan_interval, echo=click.echo,
-                    live=None if quiet else LiveLine(sys.stderr))
+                    live=None if quiet else LiveLine(sys.stderr), web=web)
     finally:
         app.close()
+
+
+# web service
+@main.command()
+@click.option("--host", help="Address to listen on (setting host; default 127.0.0.1).")
+@click.option("--port", type=click.IntRange(0, 65535), help="Port to listen on (setting port; default 8750).")
+@click.option(
+    "--scan-interval", type=float, default=None,
+    help="Seconds between full rescans of the watched folders (default: setting reconcile_interval_s; 0: never).",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No live status line (queue, last event, errors).")
+@click.pass_obj
+@_errors
+def serve(obj: Context, host: str | None, port: int | None, scan_interval: float | None, quiet: bool) -> None:
+    """Run the service with its web UI and JSON API: everything `kb watch` does, plus http://HOST:PORT/."""
+    if host is not None:
+        obj.overrides["host"] = host
+    if port is not None:
+        obj.overrides["port"] = port
+    _service(obj, scan_interval, quiet, web=True)
+
+
+@main.command("hash-password")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input (no prompt).")
+@_errors
+def hash_password_cmd(password_stdin: bool) -> None:
+    """Print an argon2 hash of a password, for the admin_password_hash setting (the password is not stored)."""
+    from server.security import hash_password
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = click.prompt("password", hide_input=True, confirmation_prompt=True)
+    if len(password) < 8:
+        click.echo("kb: a password needs at least 8 characters", err=True)
+        sys.exit(2)
+    click.echo(hash_password(password))
 
 
 @main.group()

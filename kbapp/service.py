@@ -59,6 +59,60 @@ class ApiServer:
             self.socket_path.unlink()
 
 
+class HttpServer:
+    """The web UI and JSON API (server/app.py) served by uvicorn on host:port, in a background thread.
+
+    The socket is bound here, before the thread starts, so a port in use is one clear error at once.
+    """
+
+    def __init__(self, app: App) -> None:
+        import socket
+
+        import uvicorn
+
+        from kb.errors import ConfigError
+        from server.app import create_app
+        from server.security import check_bind
+
+        s = app.settings
+        check_bind(s)
+        family = socket.AF_INET6 if ":" in s.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((s.host.strip("[]"), s.port))
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(f"cannot listen on {s.host}:{s.port}: {exc.strerror or exc} (settings host, port; "
+                              "kb serve --host/--port)") from None
+        sock.listen(128)
+        sock.set_inheritable(True)
+        self.socket = sock
+        self.port = sock.getsockname()[1]
+        secret = s.data_dir / ".run" / "web-secret"
+        config = uvicorn.Config(
+            create_app(app, s, secret_path=secret), log_level="warning", lifespan="off", access_log=False,
+            timeout_graceful_shutdown=3, proxy_headers=False, server_header=False,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._serve, name="kb-http", daemon=True)
+
+    def _serve(self) -> None:
+        asyncio.run(self._server.serve(sockets=[self.socket]))
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        self._thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self._server.started and self._thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=8)
+        with contextlib.suppress(OSError):
+            self.socket.close()
+
+
 class Owner:
     """This process as the owner of writes: the lock, start-up recovery, the API, the workers."""
 
@@ -88,7 +142,7 @@ class Owner:
 
 def run_service(
     app: App, lock: WriteLock, *, scan_interval_s: float | None = None, echo: Callable[[str], None],
-    live: LiveLine | None = None,
+    live: LiveLine | None = None, web: bool = False,
 ) -> None:
     """`kb watch`: mirror the inbox folders until SIGTERM/SIGINT.
 
@@ -102,7 +156,26 @@ def run_service(
         stop.set()
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    owner = Owner(app, lock, role="service")
+    http: HttpServer | None = None
+    if web:  # `kb serve`: the pages answer at once; models load behind them (the status page says so)
+        app.role = "service"
+        app.loading["embedding"] = "loading"
+        try:
+            http = HttpServer(app)
+        except BaseException:
+            for sig, h in old.items():
+                signal.signal(sig, h)
+            raise
+        http.start()
+        echo(f"kb: open {app.settings.public_url() if app.settings.base_url else _url(app, http.port)}")
+    try:
+        owner = Owner(app, lock, role="service")
+    except BaseException:
+        if http is not None:
+            http.stop()
+        for sig, h in old.items():
+            signal.signal(sig, h)
+        raise
     watcher = None
     mail = None
     try:
@@ -152,6 +225,17 @@ def run_service(
         for w in (mail, watcher):  # after an error: stopped here instead
             if w is not None:
                 w.stop()
+        if http is not None:
+            http.stop()
         owner.close()
         for s, h in old.items():
             signal.signal(s, h)
+
+
+def _url(app: App, port: int) -> str:
+    host = app.settings.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{port}/"
