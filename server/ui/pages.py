@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import shutil
 from collections.abc import Callable
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -21,6 +17,7 @@ from server.ui import data, render
 
 log = logging.getLogger(__name__)
 PAGE_SIZE = 10
+STATUSES = ("queued", "processing", "ready", "empty", "failed")  # what the library can be filtered by
 MAX_RESULTS = 200  # the search returns at most this many documents; pages go as far as that
 
 HELPERS = SimpleNamespace(
@@ -98,11 +95,19 @@ def ask_page(request: Request[Any, Any, Any], q: str = "") -> Template:
     return page(request, "ask.html", q=q, title=f"{q} – ask" if q else "Ask")
 
 
-@get("/documents/{doc_id:int}", sync_to_thread=True, name="document")
+def _doc_id(ref: str) -> int:
+    """A document's number from the address; anything else is a page that does not exist."""
+    if not ref.isdigit() or len(ref) > 12:
+        raise NotFoundException(f"There is no document {ref[:40]!r} in the library.")
+    return int(ref)
+
+
+@get("/documents/{ref:str}", sync_to_thread=True, name="document")
 def document_page(
-    request: Request[Any, Any, Any], library: Any, doc_id: int, chunk: str | None = None,
+    request: Request[Any, Any, Any], library: Any, ref: str, chunk: str | None = None,
 ) -> Template:
     """A document: metadata, the original, the extracted text with the cited passage highlighted."""
+    doc_id = _doc_id(ref)
     part = request.query_params.get("part")
     view = data.document_view(library, doc_id, chunk, _int(part, 0) if part else None)
     if view is None:
@@ -128,29 +133,34 @@ def document_page(
 @get("/library", sync_to_thread=True, name="library")
 def library_page(
     request: Request[Any, Any, Any], library: Any, status: str | None = None, kind: str | None = None,
-    q: str | None = None,
+    q: str | None = None, tag: str | None = None,
 ) -> Template:
     """Every document and queued or failed item, with status, source and date; retry and forget."""
     offset = _int(request.query_params.get("offset"), 0, 0)
-    listing = data.library_items(library, status=status, kind=kind, q=q, offset=offset, limit=50)
-    for item in listing["items"]:
-        item["retry_jobs"] = data.failed_jobs(library, item["uri"]) if item["status"] == "failed" else []
+    status = status if status in STATUSES else None
+    listing = library.documents(status=status or None, kind=kind or None, tag=tag or None, q=q or None,
+                                offset=offset, limit=50)
+    jobs = library.jobs_view(limit=30)
+    queue = [*jobs["running"], *jobs["queued"]]
     counts = library.catalog.stats()
     return page(
-        request, "library.html", listing=listing, status=status or "", kind=kind or "", filter_q=q or "",
-        counts=counts, params={"status": status, "kind": kind, "q": q}, title="Library",
+        request, "library.html", listing=listing, queue=queue, job_counts=jobs["counts"], status=status or "",
+        kind=kind or "", filter_q=q or "", counts=counts, params={"status": status, "kind": kind, "q": q, "tag": tag},
+        title="Library",
     )
 
 
 @get("/meetings", sync_to_thread=True, name="meetings")
 def meetings_page(request: Request[Any, Any, Any], library: Any) -> Template:
     """Recordings with their duration and whether their summary is made."""
-    return page(request, "meetings.html", meetings=data.meetings_list(library), title="Meetings")
+    offset = _int(request.query_params.get("offset"), 0, 0)
+    return page(request, "meetings.html", meetings=library.meetings(offset=offset, limit=100), title="Meetings")
 
 
-@get("/meetings/{doc_id:int}", sync_to_thread=True, name="meeting")
-def meeting_page(request: Request[Any, Any, Any], library: Any, doc_id: int) -> Template:
+@get("/meetings/{ref:str}", sync_to_thread=True, name="meeting")
+def meeting_page(request: Request[Any, Any, Any], library: Any, ref: str) -> Template:
     """A recording: the player, its summary (each point plays from its time) and the transcript."""
+    doc_id = _doc_id(ref)
     view = data.document_view(library, doc_id)
     if view is None or view["doc"].kind != "meeting":
         raise NotFoundException(f"There is no meeting {doc_id} in the library.")
@@ -174,38 +184,13 @@ def upload_page(request: Request[Any, Any, Any], settings: Any) -> Template:
     )
 
 
-def _dir_size(path: Path, budget: int = 200_000) -> int | None:
-    """Bytes under a folder (None when it has too many files to count on a page view)."""
-    total, seen = 0, 0
-    for root, _dirs, files in os.walk(path):
-        for f in files:
-            seen += 1
-            if seen > budget:
-                return None
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(root, f)).st_size
-    return total
-
-
 @get("/status", sync_to_thread=True, name="status")
 def status_page(request: Request[Any, Any, Any], library: Any, settings: Any) -> Template:
     """Status: watched folders and mail accounts with health, the queue, models, index size, disk used."""
     status = library.status()
-    data_dir = Path(status.get("data_dir") or settings.data_dir)
-    disk = status.get("disk") or {}
-    if not disk:
-        try:
-            usage = shutil.disk_usage(data_dir)
-            disk = {"used_bytes": _dir_size(data_dir), "free_bytes": usage.free, "total_bytes": usage.total}
-        except OSError:
-            disk = {}
-    models = status.get("models") or {
-        "embedding": {"name": status.get("embed_model")},
-        "answers": {"name": settings.llm_remote_model if settings.llm_url else settings.llm_model},
-        "transcription": {"name": settings.whisper_model},
-    }
+    jobs = library.jobs_view(limit=10)
     return page(
-        request, "status.html", status=status, disk=disk, models=models, queue=data.queue(library, 20),
+        request, "status.html", status=status, queue=[*jobs["running"], *jobs["queued"]], job_counts=jobs["counts"],
         inbox=[{"path": str(f.path), "tag": f.tag, "mode": f.mode} for f in settings.inbox], title="Status",
     )
 
@@ -221,6 +206,8 @@ def login_page(request: Request[Any, Any, Any], next: str = "/") -> Template:
 
 def error_page(request: Request[Any, Any, Any], exc: Exception) -> Template:
     """A friendly page for a missing page or a failure on a page (the API keeps its JSON errors)."""
+    if request.url.path.startswith("/api/"):
+        return _api_error(request, exc)
     if isinstance(exc, HTTPException):
         status, message = exc.status_code, str(exc.detail)
     elif isinstance(exc, KbError):
@@ -234,9 +221,21 @@ def error_page(request: Request[Any, Any, Any], exc: Exception) -> Template:
                 title="Not found" if status == 404 else "Something went wrong")
 
 
+@get("/{rest:path}", sync_to_thread=False, name="not-found", include_in_schema=False)
+def not_found(rest: str) -> None:
+    """Any other address: the friendly page (the API's unknown addresses keep their JSON error)."""
+    raise NotFoundException("There is no page at this address.")
+
+
+def _api_error(request: Request[Any, Any, Any], exc: Exception) -> Any:
+    from server.api import _error
+
+    return _error(request, exc)
+
+
 PAGES: list[Callable[..., Any]] = [
     search_page, ask_page, document_page, library_page, meetings_page, meeting_page, upload_page, status_page,
-    login_page,
+    login_page, not_found,
 ]
 
 

@@ -14,17 +14,14 @@
     var b = ev.target.closest ? ev.target.closest("button[data-action]") : null;
     if (!b) return;
     var action = b.getAttribute("data-action");
-    var req;
+    var ref = encodeURIComponent(b.getAttribute("data-ref") || "");
+    if (action !== "forget" && action !== "retry") return;
     if (action === "forget") {
-      var name = b.getAttribute("data-name") || b.getAttribute("data-path");
-      if (!window.confirm("Forget “" + name + "”?\n\nIts passages leave the library. The file itself is not deleted.")) return;
-      req = kb.post("/api/v1/forget", { paths: [b.getAttribute("data-path")] });
-    } else if (action === "retry") {
-      var ids = (b.getAttribute("data-jobs") || "").split(",").filter(Boolean).map(Number);
-      req = kb.post("/api/v1/retry", { job_ids: ids });
-    } else {
-      return;
+      var name = b.getAttribute("data-name") || "this item";
+      if (!window.confirm("Forget “" + name + "”?\n\nIts passages leave the library. The file itself is not deleted " +
+          "(a file still in a watched folder comes back at the next scan).")) return;
     }
+    var req = kb.post("/api/v1/documents/" + ref + "/" + action, {});
     b.disabled = true;
     req.then(function () {
       say(action === "forget" ? "Forgetting… it leaves the library in a moment." : "Queued again.");
@@ -73,8 +70,7 @@
     fetch(url, { credentials: "same-origin", headers: { accept: "application/json" } })
       .then(function (r) { if (!r.ok) throw new Error(String(r.status)); return r.json(); })
       .then(function (data) {
-        var jobs = Array.isArray(data) ? data : (data.jobs || data.items || []);
-        jobs = jobs.filter(function (j) { return ["queued", "running", "held"].indexOf(j.state) >= 0; });
+        var jobs = (data.running || []).concat(data.queued || []);
         render(jobs);
         // work finished since the last look: the list of documents below changed, show it
         if (had > 0 && jobs.length < had && !document.querySelector("input:focus, select:focus")) {

@@ -40,13 +40,13 @@
     xhr.addEventListener("load", function () {
       var data = {};
       try { data = JSON.parse(xhr.responseText); } catch (e) { /* not JSON */ }
-      var refused = (data.refused || []).filter(function (r) { return !r.name || r.name === file.name || (data.refused || []).length === 1; });
+      var refused = data.refused || [];  // one file per request: anything refused is this one
       if (xhr.status >= 200 && xhr.status < 300 && !refused.length) {
         bar.value = bar.max;
         st.textContent = "✓ in the inbox";
         st.className = "upload-state ok";
       } else {
-        var why = refused.length ? (refused[0].reason || refused[0].error || "refused")
+        var why = refused.length ? (refused[0].reason || "refused")
           : (data.error && data.error.message) || ("the service answered " + xhr.status);
         st.textContent = "✗ " + why;
         st.className = "upload-state bad";

@@ -1,0 +1,255 @@
+"""End to end in a real headless Chromium (Debian's, driven by Playwright) against `kb serve` on a free
+loopback port: upload through the page, see it ready in the library, search, open the highlighted passage,
+ask and follow a citation, play a meeting from a summary point, and a hostile document shown as text.
+Screenshots of every page go to test-artifacts/screenshots/ (not committed)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import KB, REPO, kb_env
+from media_fixtures import speak
+
+pytestmark = pytest.mark.slow  # a service subprocess with real models, and a browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+SHOTS = REPO / "test-artifacts" / "screenshots"
+PIER = "The new pier in Harbourton cost 4.2 million euros and opened to the public in May 2021."
+SPEECH = (
+    "Welcome to the garden committee meeting. The greenhouse roof was damaged in the storm last winter. "
+    "We decided to replace the greenhouse roof in April. Maria will book the conference room by Friday. "
+    "Who is going to pay for the new compost bins?"
+)
+XSS = "<script>alert(1)</script>"
+QUESTION = "How much did the new pier in Harbourton cost?"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """`kb serve` on a temp data dir whose inbox already holds a recording and two hostile documents."""
+    root = tmp_path_factory.mktemp("browser")
+    data, upload_dir = root / "data", root / "to-upload"
+    inbox = data / "inbox"
+    inbox.mkdir(parents=True)
+    upload_dir.mkdir()
+    speak(SPEECH, inbox / "garden.wav")
+    (inbox / "evil<img src=x onerror=alert(1)>.txt").write_text(
+        f"Notes about the boiler {XSS} and its yearly service.\n", encoding="utf-8")
+    (inbox / "hostile.html").write_text(
+        "<html><head><title>&lt;script&gt;alert(1)&lt;/script&gt; minutes</title></head>"
+        "<body><p>The lighthouse keeper &lt;script&gt;alert(2)&lt;/script&gt; logs the weather.</p></body></html>",
+        encoding="utf-8")
+    (upload_dir / "pier.txt").write_text(PIER + "\n", encoding="utf-8")
+    port = free_port()
+    log = (root / "serve.log").open("w")
+    proc = subprocess.Popen(
+        [KB, "serve", "--port", str(port)], env=kb_env(data, KB_WATCH_SETTLE_S="0.5"), cwd=root,
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, (root / "serve.log").read_text()
+            try:
+                if httpx.get(f"{url}/api/v1/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        else:
+            raise AssertionError("kb serve did not answer within 60 s")
+        yield {"url": url, "upload": upload_dir, "log": root / "serve.log"}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed (/usr/bin/chromium; apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=str(CHROMIUM), args=["--no-sandbox", "--autoplay-policy=no-user-gesture-required"])
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser: Any, server: dict[str, Any]) -> Iterator[Any]:
+    """One page for the module; every console error, CSP violation and dialog is recorded."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    context = browser.new_context(base_url=server["url"], viewport={"width": 1280, "height": 860})
+    pg = context.new_page()
+    pg.problems = []  # type: ignore[attr-defined]
+    pg.dialogs = []  # type: ignore[attr-defined]
+    pg.on("console", lambda m: pg.problems.append(m.text) if m.type == "error" else None)
+    pg.on("pageerror", lambda e: pg.problems.append(str(e)))
+
+    def on_dialog(d: Any) -> None:
+        pg.dialogs.append(d.message)
+        d.accept()
+
+    pg.on("dialog", on_dialog)
+    yield pg
+    context.close()
+
+
+def shot(pg: Any, name: str, full: bool = True) -> None:
+    pg.screenshot(path=str(SHOTS / f"{name}.png"), full_page=full)
+
+
+def wait_api(server: dict[str, Any], path: str, ok: Any, timeout: float = 180) -> Any:
+    """Poll a JSON API address until `ok(body)` holds (the service works in the background)."""
+    deadline = time.monotonic() + timeout
+    body = None
+    while time.monotonic() < deadline:
+        body = httpx.get(server["url"] + path, timeout=10).json()
+        if ok(body):
+            return body
+        time.sleep(0.5)
+    raise AssertionError(f"{path} never got there: {body}\n{server['log'].read_text()[-3000:]}")
+
+
+def csp_problems(pg: Any) -> list[str]:
+    return [p for p in pg.problems if "Content Security Policy" in p or "Refused to" in p]
+
+
+def test_upload_then_ready_in_the_library(page: Any, server: dict[str, Any]) -> None:
+    page.goto("/upload")
+    page.set_input_files("#files", str(server["upload"] / "pier.txt"))
+    page.wait_for_selector(".upload-state.ok", timeout=30_000)
+    assert "in the inbox" in page.inner_text(".uploads")
+    shot(page, "upload")
+    page.goto("/library")
+    assert page.locator("tr", has_text="pier").count() >= 1  # at once: queued, processing or ready
+    wait_api(server, "/api/v1/documents?q=pier", lambda b: any(i["status"] == "ready" for i in b["items"]))
+    page.reload()
+    row = page.locator("tr", has_text="pier").first
+    assert "ready" in row.inner_text()
+    shot(page, "library")
+
+
+def test_search_then_open_the_highlighted_passage(page: Any, server: dict[str, Any]) -> None:
+    page.goto("/")
+    page.keyboard.press("/")  # "/" focuses the search box
+    assert page.evaluate("document.activeElement.id") == "q"
+    page.keyboard.type("Harbourton pier cost")
+    page.keyboard.press("Enter")
+    page.wait_for_selector(".hit")
+    first = page.locator(".hit").first
+    assert "pier" in first.inner_text().lower()
+    assert first.locator("mark").count() >= 1
+    shot(page, "search")
+    page.keyboard.press("ArrowDown")  # arrow keys walk the results, Enter opens
+    page.keyboard.press("Enter")
+    page.wait_for_url(re.compile(r"/documents/\d+\?chunk="))
+    cited = page.locator(".chunk.cited")
+    assert cited.count() == 1 and "4.2 million" in cited.inner_text()
+    assert cited.is_visible() and page.evaluate(
+        "(() => { const r = document.querySelector('.chunk.cited').getBoundingClientRect();"
+        " return r.top >= 0 && r.bottom <= window.innerHeight; })()")
+    shot(page, "document")
+
+
+def test_ask_streams_an_answer_with_a_working_citation(page: Any, server: dict[str, Any]) -> None:
+    page.goto("/ask?q=" + QUESTION.replace(" ", "+"))
+    page.wait_for_selector("#answer-card[aria-busy=false]", timeout=180_000)
+    text = page.inner_text("#answer-text")
+    assert text.strip(), page.inner_text("#answer-card")
+    assert page.locator(".evidence-item").count() >= 1
+    cite = page.locator("#answer-text a.cite").first
+    assert cite.count() == 1, text
+    n = cite.inner_text()
+    cite.click()
+    target = page.locator(f"#p-{n}")
+    assert "pier" in target.inner_text().lower()
+    shot(page, "ask")
+    target.locator("a.evidence-title").click()
+    page.wait_for_url(re.compile(r"/documents/\d+"))
+    assert "4.2 million" in page.inner_text(".chunk.cited")
+
+
+def test_meeting_plays_from_a_summary_point(page: Any, server: dict[str, Any]) -> None:
+    meetings = wait_api(server, "/api/v1/meetings", lambda b: any(
+        m["summary_status"] == "ready" for m in b.get("items", [])), timeout=300)
+    page.goto("/meetings")
+    shot(page, "meetings")
+    page.locator(".meeting-link").first.click()
+    page.wait_for_selector(".summary a.time")
+    point = page.locator(".summary a.time").last
+    t = float(point.get_attribute("data-seek") or 0)
+    page.wait_for_function("document.getElementById('player').readyState >= 1", timeout=20_000)
+    point.click()
+    page.wait_for_timeout(600)
+    now = page.evaluate("document.getElementById('player').currentTime")
+    assert t - 0.5 <= now <= t + 5, (t, now)
+    assert "?t=" in page.url
+    shot(page, "meeting")
+    assert meetings
+
+
+def test_hostile_documents_show_as_text(page: Any, server: dict[str, Any]) -> None:
+    wait_api(server, "/api/v1/documents?q=evil", lambda b: any(i["status"] == "ready" for i in b["items"]))
+    page.goto("/?q=boiler+yearly+service")
+    page.wait_for_selector(".hit")
+    assert XSS in page.inner_text(".hit-list")
+    page.locator(".hit-title").first.click()
+    page.wait_for_selector(".chunk")
+    assert XSS in page.inner_text(".chunks")
+    assert "onerror=alert(1)" in page.inner_text("#doc-title")
+    shot(page, "xss-document")
+    wait_api(server, "/api/v1/documents?q=hostile", lambda b: any(i["status"] == "ready" for i in b["items"]))
+    page.goto("/library?q=hostile")
+    assert "<script>alert(1)</script>" in page.inner_text("table.items")
+    assert page.dialogs == []  # type: ignore[attr-defined]
+
+
+def test_status_404_login_dark_and_phone(page: Any, browser: Any, server: dict[str, Any]) -> None:
+    page.goto("/status")
+    assert "Watched folders" in page.inner_text("main")
+    shot(page, "status")
+    r = page.goto("/no/such/page")
+    assert r.status == 404 and "There is no page" in page.inner_text("main")
+    shot(page, "not-found")
+    page.goto("/login")
+    shot(page, "login")
+    page.goto("/?q=greenhouse+roof")
+    page.click("#theme-toggle")
+    assert page.evaluate("document.documentElement.dataset.theme") == "dark"
+    page.reload()  # remembered
+    assert page.evaluate("document.documentElement.dataset.theme") == "dark"
+    shot(page, "search-dark")
+    page.click("#theme-toggle")
+    phone = browser.new_context(base_url=server["url"], viewport={"width": 390, "height": 844}, is_mobile=True)
+    p2 = phone.new_page()
+    p2.goto("/?q=greenhouse+roof")
+    assert p2.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+    shot(p2, "search-phone")
+    phone.close()
+    assert csp_problems(page) == []
+    assert page.dialogs == []  # type: ignore[attr-defined]
