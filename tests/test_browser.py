@@ -155,8 +155,13 @@ def test_upload_then_ready_in_the_library(page: Any, server: dict[str, Any]) -> 
 
 
 def test_search_then_open_the_highlighted_passage(page: Any, server: dict[str, Any]) -> None:
+    page.goto("/library")
+    page.keyboard.press("/")  # "/" focuses the search box (here the one in the header)
+    assert page.evaluate("document.activeElement.id") == "top-q"
+    page.keyboard.press("Escape")  # Esc leaves it
+    assert page.evaluate("document.activeElement.id") != "top-q"
     page.goto("/")
-    page.keyboard.press("/")  # "/" focuses the search box
+    page.keyboard.press("Escape")
     assert page.evaluate("document.activeElement.id") == "q"
     page.keyboard.type("Harbourton pier cost")
     page.keyboard.press("Enter")

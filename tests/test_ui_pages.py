@@ -168,3 +168,23 @@ def test_pages_have_no_inline_script_or_style(client: TestClient[Any], library: 
 def test_static_files_are_served(client: TestClient[Any]) -> None:
     for name in ("app.css", "app.js", "ask.js", "theme.js", "upload.js", "library.js", "document.js"):
         assert client.get(f"/static/{name}").status_code == 200
+
+
+def test_with_a_password_pages_need_a_login_and_forms_carry_the_csrf_token(library: App) -> None:
+    from pydantic import SecretStr
+
+    from server.security import hash_password
+
+    settings = library.settings.model_copy(update={"admin_password_hash": SecretStr(hash_password("correct horse 1"))})
+    with TestClient(app=create_app(library, settings)) as c:
+        r = c.get("/library", follow_redirects=False)
+        assert r.status_code in (302, 303, 401) and "/login" in r.headers.get("location", "/login")
+        login = c.get("/login", params={"next": "/library"})
+        token = re.search(r'name="_csrf_token" value="([^"]+)"', login.text)
+        assert token and token.group(1)  # the form's CSRF field is filled in
+        assert re.search(r'<meta name="csrf-token" content="[^"]+"', login.text)
+        r = c.post("/login", data={"password": "correct horse 1", "next": "/library", "_csrf_token": token.group(1)},
+                   follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"] == "/library"
+        page = c.get("/library")
+        assert page.status_code == 200 and 'action="/logout"' in page.text  # signed in: a sign-out button

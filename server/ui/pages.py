@@ -34,7 +34,7 @@ def page(request: Request[Any, Any, Any], template: str, status_code: int = 200,
     user = request.scope.get("user")
     state = request.app.state
     context.update(
-        user=user, auth_enabled=bool(user) or bool(state.get("auth_enabled")), nav=NAV, h=HELPERS,
+        user=user, auth_enabled=bool(state.get("auth_enabled")), nav=NAV, h=HELPERS,
         path=request.url.path, q=context.get("q", ""),
     )
     return Template(template_name=template, context=context, status_code=status_code)
@@ -195,7 +195,7 @@ def status_page(request: Request[Any, Any, Any], library: Any, settings: Any) ->
     )
 
 
-@get("/login", sync_to_thread=False, name="login", exclude_from_auth=True, exclude_from_csrf=True)
+@get("/login", sync_to_thread=False, name="login")
 def login_page(request: Request[Any, Any, Any], next: str = "/") -> Template:
     """The sign-in form (the POST is the service's); `next` stays a path on this site."""
     if not next.startswith("/") or next.startswith("//") or "\\" in next:

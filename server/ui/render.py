@@ -96,8 +96,8 @@ def place(p: dict[str, Any]) -> str:
         bits.append(f"pp. {p['page']}–{end}" if end and end != p["page"] else f"p. {p['page']}")
     if p.get("t_start") is not None:
         bits.append(f"{clock(p['t_start'])}–{clock(p.get('t_end'))}" if p.get("t_end") else clock(p["t_start"]))
-    if p.get("section"):
-        bits.append(str(p["section"])[:80])
+    if p.get("section"):  # the innermost heading: the whole path repeats the title
+        bits.append(str(p["section"]).split(" > ")[-1][:80])
     if p.get("ocr"):
         bits.append("OCR")
     if p.get("role") in ("quote", "signature"):

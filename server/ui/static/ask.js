@@ -25,7 +25,7 @@
     var bits = [];
     if (p.page) bits.push(p.page_end && p.page_end !== p.page ? "pp. " + p.page + "–" + p.page_end : "p. " + p.page);
     if (p.t_start !== null && p.t_start !== undefined) bits.push(kb.clock(p.t_start) + (p.t_end ? "–" + kb.clock(p.t_end) : ""));
-    if (p.section) bits.push(String(p.section).slice(0, 80));
+    if (p.section) bits.push(String(p.section).split(" > ").pop().slice(0, 80));
     return bits.join(" · ");
   }
   function nameOf(p) {
