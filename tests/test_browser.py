@@ -5,6 +5,7 @@ Screenshots of every page go to test-artifacts/screenshots/ (not committed)."""
 
 from __future__ import annotations
 
+import email.message
 import os
 import re
 import signal
@@ -18,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import KB, REPO, kb_env
+from fixtures import write_pdf
 from media_fixtures import speak
 
 pytestmark = pytest.mark.slow  # a service subprocess with real models, and a browser
@@ -56,6 +58,20 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         "<body><p>The lighthouse keeper &lt;script&gt;alert(2)&lt;/script&gt; logs the weather.</p></body></html>",
         encoding="utf-8")
     (upload_dir / "pier.txt").write_text(PIER + "\n", encoding="utf-8")
+    write_pdf(inbox / "lighthouse-report.pdf", [
+        "Lighthouse report\nThe lamp was serviced in January.",
+        "Second page\nThe keeper counted forty gannets on the north rock.",
+        "Third page\nThe fog horn needs a new diaphragm before winter."], title="Lighthouse report 2024")
+    mail = email.message.EmailMessage()
+    mail["From"] = "Alice Example <alice@example.org>"
+    mail["To"] = "bob@example.org"
+    mail["Subject"] = f"{XSS} Invoice for the boathouse roof"
+    mail["Date"] = "Fri, 03 May 2024 10:00:00 +0000"
+    mail.set_content("Hi Bob,\n\nThe invoice for the boathouse roof repair is attached.\n\nAlice\n")
+    attachment = write_pdf(root / "invoice.pdf", ["Invoice 118\nBoathouse roof repair: 730 euros."],
+                           title="Invoice 118")
+    mail.add_attachment(attachment.read_bytes(), maintype="application", subtype="pdf", filename="invoice-118.pdf")
+    (inbox / "invoice.eml").write_bytes(bytes(mail))
     port = free_port()
     log = (root / "serve.log").open("w")
     proc = subprocess.Popen(
@@ -147,10 +163,8 @@ def test_upload_then_ready_in_the_library(page: Any, server: dict[str, Any]) -> 
     shot(page, "upload")
     page.goto("/library")
     assert page.locator("tr", has_text="pier").count() >= 1  # at once: queued, processing or ready
-    wait_api(server, "/api/v1/documents?q=pier", lambda b: any(i["status"] == "ready" for i in b["items"]))
-    page.reload()
-    row = page.locator("tr", has_text="pier").first
-    assert "ready" in row.inner_text()
+    # no reload by hand: the page follows the queue (/api/v1/jobs) and shows the finished work itself
+    page.locator("tr", has_text="pier").locator(".status-ready").wait_for(timeout=120_000)
     shot(page, "library")
 
 
@@ -161,7 +175,8 @@ def test_search_then_open_the_highlighted_passage(page: Any, server: dict[str, A
     page.keyboard.press("Escape")  # Esc leaves it
     assert page.evaluate("document.activeElement.id") != "top-q"
     page.goto("/")
-    page.keyboard.press("Escape")
+    page.keyboard.press("Escape")  # the empty search page focuses its box at once; leave it, "/" comes back
+    page.keyboard.press("/")
     assert page.evaluate("document.activeElement.id") == "q"
     page.keyboard.type("Harbourton pier cost")
     page.keyboard.press("Enter")
@@ -197,6 +212,10 @@ def test_ask_streams_an_answer_with_a_working_citation(page: Any, server: dict[s
     target.locator("a.evidence-title").click()
     page.wait_for_url(re.compile(r"/documents/\d+"))
     assert "4.2 million" in page.inner_text(".chunk.cited")
+    page.goto("/ask?q=What+is+the+best+recipe+for+sourdough+bread+with+rye+flour%3F")
+    page.wait_for_selector("#answer-card[aria-busy=false]", timeout=60_000)
+    assert "Not found in your library" in page.inner_text("#answer-text")
+    shot(page, "ask-not-found")
 
 
 def test_meeting_plays_from_a_summary_point(page: Any, server: dict[str, Any]) -> None:
@@ -232,6 +251,43 @@ def test_hostile_documents_show_as_text(page: Any, server: dict[str, Any]) -> No
     page.goto("/library?q=hostile")
     assert "<script>alert(1)</script>" in page.inner_text("table.items")
     assert page.dialogs == []  # type: ignore[attr-defined]
+
+
+def test_mail_with_its_attachment_and_a_pdf_at_its_page(page: Any, server: dict[str, Any]) -> None:
+    wait_api(server, "/api/v1/documents?q=invoice", lambda b: sum(i["status"] == "ready" for i in b["items"]) >= 2)
+    page.goto("/?q=boathouse+roof+invoice&kind=mail")
+    page.wait_for_selector(".hit")
+    assert XSS in page.inner_text(".hit-title")  # the subject, shown as text
+    page.locator(".hit-title").first.click()
+    page.wait_for_selector(".attachments")
+    assert "alice@example.org" in page.inner_text(".meta-list")
+    shot(page, "mail")
+    page.locator(".attachments a", has_text="invoice-118.pdf").first.click()
+    page.wait_for_selector(".chunk")
+    assert "730 euros" in page.inner_text(".chunks")
+    assert "Invoice for the boathouse roof" in page.inner_text(".from-message")
+    wait_api(server, "/api/v1/documents?q=lighthouse-report", lambda b: any(i["status"] == "ready" for i in b["items"]))
+    page.goto("/?q=gannets+north+rock")
+    page.wait_for_selector(".hit .passage")
+    page.locator(".hit .passage").first.click()
+    page.wait_for_url(re.compile(r"/documents/\d+\?chunk=.*page=2"))
+    assert page.locator("object.pdf").get_attribute("data").endswith("/original#page=2")
+    assert "gannets" in page.inner_text(".chunk.cited")
+    head = httpx.get(server["url"] + page.locator("object.pdf").get_attribute("data").split("#")[0])
+    assert head.status_code == 200 and head.content.startswith(b"%PDF")
+    page.wait_for_timeout(800)  # the PDF viewer draws
+    shot(page, "pdf", full=False)
+
+
+def test_a_summary_point_in_search_opens_the_recording_there(page: Any, server: dict[str, Any]) -> None:
+    page.goto("/?q=who+books+the+conference+room&kind=summary")
+    page.wait_for_selector(".hit .passage")
+    page.locator(".hit .passage").first.click()
+    page.wait_for_url(re.compile(r"/meetings/\d+\?t=\d+"))
+    t = float(page.url.rsplit("t=", 1)[1])
+    page.wait_for_function("document.getElementById('player').readyState >= 1", timeout=20_000)
+    page.wait_for_timeout(300)
+    assert abs(page.evaluate("document.getElementById('player').currentTime") - t) < 1.5
 
 
 def test_status_404_login_dark_and_phone(page: Any, browser: Any, server: dict[str, Any]) -> None:

@@ -64,8 +64,8 @@ def _children(library: Any, uris: list[str]) -> list[dict[str, Any]]:
     for r in rows:
         if r["source_type"] == "summary":
             continue
-        name = r["title"] or PurePosixPath(str(r["uri"]).split("#", 1)[-1]).name or display(r["uri"])
-        out.append(dict(r) | {"name": name})
+        name = PurePosixPath(str(r["uri"]).split("#", 1)[-1]).name or r["title"] or display(r["uri"])
+        out.append(dict(r) | {"name": name, "title": r["title"] if r["title"] != name else None})
     return out
 
 

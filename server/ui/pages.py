@@ -9,7 +9,7 @@ from typing import Any
 
 from litestar import Request, get
 from litestar.exceptions import HTTPException, NotFoundException
-from litestar.response import Template
+from litestar.response import Redirect, Template
 from litestar.router import Router
 
 from kb.errors import KbError
@@ -105,13 +105,18 @@ def _doc_id(ref: str) -> int:
 @get("/documents/{ref:str}", sync_to_thread=True, name="document")
 def document_page(
     request: Request[Any, Any, Any], library: Any, ref: str, chunk: str | None = None,
-) -> Template:
+) -> Template | Redirect:
     """A document: metadata, the original, the extracted text with the cited passage highlighted."""
     doc_id = _doc_id(ref)
     part = request.query_params.get("part")
     view = data.document_view(library, doc_id, chunk, _int(part, 0) if part else None)
     if view is None:
         raise NotFoundException(f"There is no document {doc_id} in the library (it may have been forgotten).")
+    if view["doc"].kind == "summary" and view["meeting"] is not None:
+        # a summary point is a time in its recording: open the recording there, with the player
+        cited = view["cited"]
+        t = request.query_params.get("t") or (str(int(cited.t_start)) if cited and cited.t_start is not None else "")
+        return Redirect(f"/meetings/{view['meeting'].id}" + (f"?t={_int(t, 0, 0)}" if t else ""))
     pdf_page = _int(request.query_params.get("page"), 0, 0)
     t = request.query_params.get("t")
     start = None
@@ -174,13 +179,20 @@ def meeting_page(request: Request[Any, Any, Any], library: Any, ref: str) -> Tem
                 title=render.name_of({"title": view["doc"].title, "paths": view["paths"]}))
 
 
+def _megabytes(mb: float | None) -> str:
+    """A size limit as people write it: 200 MB, 1.5 GB."""
+    if not mb:
+        return ""
+    return f"{mb / 1024:g} GB" if mb >= 1024 else f"{mb:g} MB"
+
+
 @get("/upload", sync_to_thread=False, name="upload")
 def upload_page(request: Request[Any, Any, Any], settings: Any) -> Template:
     """Upload: drag and drop files (progress per file), or choose them; they land in the inbox."""
     inbox = settings.inbox[0].path if settings.inbox else None
     return page(
-        request, "upload.html", inbox=str(inbox) if inbox else "", limit_mb=getattr(settings, "upload_max_mb", None),
-        title="Upload",
+        request, "upload.html", inbox=str(inbox) if inbox else "",
+        limit=_megabytes(getattr(settings, "upload_max_mb", None)), title="Upload",
     )
 
 
