@@ -103,7 +103,7 @@ def test_document_page_highlights_the_cited_chunk(client: TestClient[Any], libra
     chunk = library.catalog.chunks_of(pdf)[-1]
     html = client.get(f"/documents/{pdf}", params={"chunk": chunk.id}).text
     assert f'class="chunk cited" id="c-{chunk.id}"' in html
-    assert f'/api/v1/documents/{pdf}/original#page={chunk.page}' in html
+    assert f'/api/v1/documents/{pdf}/original#page={chunk.page}&amp;' in html
     assert f'id="page-{chunk.page}"' in html
 
 
