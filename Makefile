@@ -1,8 +1,8 @@
 # The two commands a newcomer needs (see README.md). Both install whatever is missing first.
 .PHONY: run test install lint bench
 
-run: install          ## install everything, then start the service on data/inbox (Ctrl-C stops it)
-	.venv/bin/kb watch
+run: install          ## install everything, then start the service and its web UI on data/inbox (Ctrl-C stops it)
+	.venv/bin/kb serve
 
 test: install         ## install everything, then lint, type-check and run the whole test suite
 	.venv/bin/ruff check .

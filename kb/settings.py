@@ -218,7 +218,7 @@ class Settings(BaseSettings):
     # web service (kb serve)
     host: str = Field("127.0.0.1", description="Address the web UI and API listen on; anything but loopback "
                       "needs admin_password_* or api_token_*.")
-    port: int = Field(8750, ge=1, le=65535, description="Port of the web UI and API.")
+    port: int = Field(8750, ge=0, le=65535, description="Port of the web UI and API (0: any free one).")
     base_url: str | None = Field(
         None, description="The public URL of the web UI (links in e-mails); default http://host:port."
     )

@@ -10,6 +10,7 @@ APT_PACKAGES=(
   poppler-utils ffmpeg libmagic1                      # PDF tools, media decoding, file types
   espeak-ng fonts-dejavu-core                         # speech and scanned-page fixtures for the tests
   dovecot-imapd                                       # a real IMAP server for the mail tests
+  chromium                                            # the browser the web UI tests drive (Playwright)
   g++                                                 # builds llama-cpp-python once (its wheel is cached)
 )
 VENV=.venv

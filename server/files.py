@@ -119,7 +119,7 @@ class _Upload:
         self.accepted: list[dict[str, Any]] = []
         self.refused: list[dict[str, Any]] = []
         self.paths: list[Path] = []
-        self._headers: dict[str, str] = {}
+        self._headers: dict[str, bytes] = {}
         self._hname = b""
         self._hvalue = b""
         self._field: str | None = None
@@ -146,13 +146,13 @@ class _Upload:
         self._hvalue += data[start:end]
 
     def on_header_end(self) -> None:
-        self._headers[self._hname.decode("latin-1").lower()] = self._hvalue.decode("utf-8", "replace")
+        self._headers[self._hname.decode("latin-1").lower()] = bytes(self._hvalue)
         self._hname = self._hvalue = b""
 
     def on_headers_finished(self) -> None:
         from python_multipart.multipart import parse_options_header
 
-        _, opts = parse_options_header(self._headers.get("content-disposition", ""))
+        _, opts = parse_options_header(self._headers.get("content-disposition", b""))
         name = opts.get(b"name", b"").decode("utf-8", "replace")
         filename = opts.get(b"filename")
         if filename is None:
