@@ -166,7 +166,8 @@ def test_pages_have_no_inline_script_or_style(client: TestClient[Any], library: 
 
 
 def test_static_files_are_served(client: TestClient[Any]) -> None:
-    for name in ("app.css", "app.js", "ask.js", "theme.js", "upload.js", "library.js", "document.js"):
+    for name in ("app.css", "app.js", "ask.js", "theme.js", "upload.js", "library.js", "document.js",
+                 "status.js"):
         assert client.get(f"/static/{name}").status_code == 200
 
 

@@ -83,9 +83,10 @@ def search_page(
         except (KbError, ValueError) as exc:
             error = str(exc)
     pages = max(1, min(MAX_RESULTS // PAGE_SIZE, -(-total // PAGE_SIZE)))
+    empty = not q.strip() and not library.catalog.read("SELECT 1 FROM documents LIMIT 1")
     return page(
         request, "search.html", q=q, params=params, hits=hits, facets=facets, total=total, page_no=n, pages=pages,
-        error=error, offset=(n - 1) * PAGE_SIZE, title=f"{q} – search" if q else "Search",
+        error=error, empty_library=empty, offset=(n - 1) * PAGE_SIZE, title=f"{q} – search" if q else "Search",
     )
 
 
