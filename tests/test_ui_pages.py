@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.message
 import re
 from collections.abc import Iterator
 from html.parser import HTMLParser
@@ -41,6 +42,15 @@ def library(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
     (docs / "notes.md").write_text(f"# {XSS} heading\n\nThe heron nests near the boiler house.\n", encoding="utf-8")
     write_pdf(docs / "report.pdf", ["The pier cost 12 million to build.", "Page two speaks of gulls."])
     write_eml(docs / "mail.eml")
+    hostile = email.message.EmailMessage()
+    hostile["From"] = f"Mallory {XSS} <mallory@example.org>"
+    hostile["To"] = "bob@example.org"
+    hostile["Subject"] = f"{XSS} quarterly invoice"
+    hostile.set_content("The quarterly invoice for the harbour crane is attached.\n")
+    (docs / "hostile.eml").write_bytes(bytes(hostile))
+    (docs / "titled.html").write_text(
+        "<html><head><title>&lt;script&gt;alert(1)&lt;/script&gt; crane log</title></head>"
+        "<body><p>The crane lifted forty containers.</p></body></html>", encoding="utf-8")
     bad = docs / "broken.pdf"
     bad.write_bytes(b"%PDF-1.4 this is not really a pdf")
     app = App(load_settings(data_dir=tmp_path / "data", workers=0, summary_llm=False), embedder=HashEmbedder())
@@ -189,3 +199,37 @@ def test_with_a_password_pages_need_a_login_and_forms_carry_the_csrf_token(libra
         assert r.status_code == 303 and r.headers["location"] == "/library"
         page = c.get("/library")
         assert page.status_code == 200 and 'action="/logout"' in page.text  # signed in: a sign-out button
+
+
+def test_mail_subjects_senders_and_html_titles_are_shown_as_text(client: TestClient[Any], library: App) -> None:
+    for q, doc in (("quarterly invoice harbour crane", "hostile.eml"), ("crane lifted containers", "titled.html")):
+        results = client.get("/", params={"q": q}).text
+        assert XSS not in results and "&lt;script&gt;alert(1)&lt;/script&gt;" in results
+        page = client.get(f"/documents/{doc_id(library, doc)}").text
+        assert XSS not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "Mallory &lt;script&gt;" in client.get(f"/documents/{doc_id(library, 'hostile.eml')}").text
+
+
+def test_bad_query_parameters_are_ignored_not_errors(client: TestClient[Any], library: App) -> None:
+    lease = doc_id(library, "lease.txt")
+    for url in ("/?q=lease&page=abc", "/?q=lease&page=-3", "/?q=lease&page=999999", "/?q=lease&before=2024-13-45",
+                "/?q=%22unclosed", "/?q=" + "x" * 5000,
+                f"/documents/{lease}?chunk=%3Cscript%3E&t=abc&page=x&part=-1",
+                "/library?status=bogus&offset=-5", "/library?offset=abc", "/meetings?offset=zz",
+                "/login?next=//evil.example", "/ask?q=" + "%3Cscript%3Ealert(1)%3C/script%3E"):
+        r = client.get(url)
+        assert r.status_code == 200, url
+        assert "<script>alert" not in r.text, url
+    assert client.get("/documents/../../etc/passwd").status_code == 404
+    assert client.get("/documents/1e9").status_code == 404
+    assert client.get("/meetings/" + str(lease)).status_code == 404  # a document that is not a recording
+
+
+def test_marked_escapes_and_tolerates_bad_offsets() -> None:
+    from server.ui.render import marked
+
+    assert str(marked("a <b> c", [[2, 5]])) == "a <mark>&lt;b&gt;</mark> c"
+    # overlapping, reversed, out-of-range and negative spans never break the text or the escaping
+    out = str(marked("<i>hello</i> world", [[3, 8], [5, 10], [9, 3], [50, 60], [-4, 1]]))
+    assert out.replace("<mark>", "").replace("</mark>", "") == "&lt;i&gt;hello&lt;/i&gt; world"
+    assert "<i>" not in out
