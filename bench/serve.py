@@ -1,7 +1,7 @@
 """The web service under load: `kb serve` over a library of real text (at least 5,000 chunks), driven from
 this second process on loopback with a bounded number of requests.
 
-Usage: python bench/serve.py [BENCH_DIR] [--keep DIR] [--docs 3000] [--requests 100] [--asks 5] [--repo R]
+Usage: python bench/serve.py [BENCH_DIR] [--keep DIR] [--docs 2000] [--requests 100] [--asks 5] [--repo R]
 
 BENCH_DIR defaults to ../shared/bench. The library is SciFact's abstracts (title and text, one .txt file
 each) read by the real pipeline (`kb ingest`: parsing, chunking, the real embedding model); with --keep the
@@ -58,8 +58,27 @@ def kb(repo: Path) -> list[str]:
     return [sys.executable, "-m", "kbapp.cli"]
 
 
-def build_library(bench: Path, data: Path, docs: int, repo: Path) -> None:
-    """SciFact abstracts as text files, read by `kb ingest` (skipped when the kept library has them)."""
+def chunks_in(data: Path) -> int:
+    import sqlite3
+
+    db = data / "catalog.sqlite3"
+    if not db.exists():
+        return 0
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return int(con.execute("SELECT count(*) FROM chunks").fetchone()[0])
+    except sqlite3.Error:
+        return 0
+    finally:
+        con.close()
+
+
+def build_library(bench: Path, data: Path, docs: int, repo: Path, min_chunks: int) -> None:
+    """SciFact abstracts as text files, read by `kb ingest` (skipped when a kept library is big enough)."""
+    have = chunks_in(data)
+    if have >= min_chunks:
+        log(f"reusing the kept library: {have} chunks")
+        return
     src = data.parent / "scifact-txt"
     src.mkdir(parents=True, exist_ok=True)
     n = 0
@@ -182,7 +201,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("bench", nargs="?", default=str(REPO.parent / "shared" / "bench"))
     ap.add_argument("--keep", help="Keep the built library in this folder (reused when it is there).")
-    ap.add_argument("--docs", type=int, default=3000, help="SciFact abstracts to ingest.")
+    ap.add_argument("--docs", type=int, default=2000, help="SciFact abstracts to ingest (about 2.9 chunks each).")
+    ap.add_argument("--min-chunks", type=int, default=5000, help="A kept library with this many is reused.")
     ap.add_argument("--requests", type=int, default=100, help="Requests per measurement (1 client).")
     ap.add_argument("--asks", type=int, default=5, help="Streamed answers timed.")
     ap.add_argument("--repo", default=str(REPO), help="The checkout whose `kb serve` runs.")
@@ -191,7 +211,7 @@ def main() -> None:
     root = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="kb-serve-bench-"))
     root.mkdir(parents=True, exist_ok=True)
     data = root / "data"
-    build_library(bench, data, a.docs, repo)
+    build_library(bench, data, a.docs, repo, a.min_chunks)
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"

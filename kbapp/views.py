@@ -147,7 +147,8 @@ class LibraryViews:
         {"ref", "id" (document id or None), "source_id", "job_id", "name", "path", "title", "kind",
         "file_type", "source", "tag", "status", "error", "warning", "kept_previous", "progress"
         ({"stage", "done", "total"} or None), "date" (the document's own date), "added_at", "updated_at",
-        "size", "chunks", "parent" ({"ref", "path"} of the message an attachment came in, or None)}.
+        "size", "chunks", "ocr_confidence" (a scan's mean, 0-100), "duration_s" (a recording's), "parent"
+        ({"ref", "path"} of the message an attachment came in, or None)}.
         """
         if status is not None and status not in STATUSES:
             raise ValueError(f"status must be one of {', '.join(STATUSES)}")
@@ -175,7 +176,9 @@ class LibraryViews:
         total = int(self.catalog.read(f"SELECT count(*) AS n {body}", params)[0]["n"])
         rows = self.catalog.read(
             "SELECT x.*, d.title AS title, d.kind AS kind, d.file_type AS file_type, d.created_at AS created_at,"
-            " d.modified_at AS modified_at, d.chunk_count AS chunks, d.added_at AS doc_added"
+            " d.modified_at AS modified_at, d.chunk_count AS chunks, d.added_at AS doc_added,"
+            " json_extract(d.meta, '$.ocr_confidence') AS ocr_confidence,"
+            " json_extract(d.meta, '$.duration_s') AS duration_s"
             f" {body} ORDER BY x.updated_at DESC, x.source_id DESC LIMIT ? OFFSET ?",
             [*params, limit, offset],
         )
@@ -199,6 +202,7 @@ class LibraryViews:
                 if r["job_state"] == RUNNING else None,
                 "date": r["created_at"] or r["modified_at"], "added_at": r["doc_added"] or r["first_seen"],
                 "updated_at": r["updated_at"], "size": r["size"], "chunks": r["chunks"],
+                "ocr_confidence": r["ocr_confidence"], "duration_s": r["duration_s"],
                 "parent": {"ref": parent_refs.get(r["parent_uri"]), "path": display(r["parent_uri"])}
                 if r["parent_uri"] else None,
             })

@@ -22,6 +22,7 @@ from litestar.status_codes import HTTP_400_BAD_REQUEST, HTTP_500_INTERNAL_SERVER
 from kb.errors import ConfigError, KbError
 
 API = "/api/v1"
+MAX_QUERY = 2000  # characters of a search or a question over HTTP
 log = logging.getLogger(__name__)
 
 
@@ -244,6 +245,8 @@ def search_get(
     """Search: {"hits" (documents with their passages, snippets and highlight offsets), "facets" (counts
     by kind, file_type, tag over everything found), "total" (documents found), "offset", "k"}."""
     k, offset = _bounded(k), max(0, min(1000, int(offset)))
+    if len(q) > MAX_QUERY:
+        raise ValueError(f"the query is longer than {MAX_QUERY} characters")
     page = library.search_page(q, k=offset + k, kind=kind or None, file_type=type or None, tag=tag or None,
                                source=source or None, after=after or None, before=before or None)
     fac = page.get("facets") or {}
@@ -272,6 +275,8 @@ def ask_stream(
     checked answer with citations and passages) or `error` ({message}), then `done`."""
     if not q.strip():
         raise ValueError("ask a question (q=...)")
+    if len(q) > MAX_QUERY:
+        raise ValueError(f"the question is longer than {MAX_QUERY} characters")
     kk = None if k is None else _bounded(k, 1, 50)
 
     def events() -> Iterator[dict[str, Any]]:
@@ -381,6 +386,9 @@ def jobs(library: LibraryDep, limit: int = 50) -> dict[str, Any]:
 
 CORE_HANDLERS = [health, status, search, ask, ingest, forget, reindex, summarize, batch, retry, held_list,
                  held_release]
+# Routes that name paths on the server's disk: the CLI's, on the Unix socket only (its folder is the user's
+# own). Over HTTP a file arrives by upload and an item is named by its ref, never by a path.
+PATH_HANDLERS = {ingest, forget, summarize}
 WEB_HANDLERS = [search_get, ask_stream, documents, document, document_text, document_retry, document_forget,
                 meetings, meeting, jobs]
 

@@ -28,7 +28,7 @@ from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
 from kb.settings import Settings
-from server.api import API, CORE_HANDLERS, WEB_HANDLERS, _error
+from server.api import API, CORE_HANDLERS, PATH_HANDLERS, WEB_HANDLERS, _error
 from server.files import original, upload
 from server.security import (
     CSRF_COOKIE,
@@ -111,7 +111,8 @@ def create_app(library: Any, settings: Settings, *, secret_path: Path | None = N
     auth = AuthState(guard=guard, csrf=csrf, exempt_csrf={f"{API}/upload"})
     return Litestar(
         route_handlers=[
-            *ui_routes(), login, logout, *CORE_HANDLERS, *WEB_HANDLERS, original, upload,
+            *ui_routes(), login, logout, *[h for h in CORE_HANDLERS if h not in PATH_HANDLERS], *WEB_HANDLERS,
+            original, upload,
             create_static_files_router(path="/static", directories=[STATIC_DIR], send_as_attachment=False),
         ],
         dependencies={

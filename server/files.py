@@ -240,6 +240,7 @@ async def upload(library: Any, settings: Any, request: Request[Any, Any, Any]) -
     overwriting. Answers {"accepted": [{"name", "original_name", "size", "path"}], "refused": [{"name",
     "reason"}], "batch"} (a batch reading them now; the watcher would take them anyway)."""
     from anyio import to_thread
+    from python_multipart.exceptions import MultipartParseError
     from python_multipart.multipart import MultipartParser, parse_options_header
 
     ctype, opts = parse_options_header(request.headers.get("content-type", ""))
@@ -270,6 +271,9 @@ async def upload(library: Any, settings: Any, request: Request[Any, Any, Any]) -
         if up.accepted:
             exc.detail = f"{exc.detail} (accepted before it: {', '.join(a['name'] for a in up.accepted)})"
         raise
+    except MultipartParseError as exc:
+        up.cleanup()
+        raise HTTPException(status_code=400, detail=f"malformed multipart body: {exc}") from None
     except Exception:
         up.cleanup()
         raise

@@ -109,6 +109,18 @@ def test_control_characters_in_a_raw_multipart_name(app: App, c: TestClient[Any]
     assert a["name"] == "a_b_[31m_.txt" and [p.name for p in inbox(app).iterdir()] == ["a_b_[31m_.txt"]
 
 
+def test_truncated_or_malformed_multipart_leaves_nothing(app: App, c: TestClient[Any]) -> None:
+    head = 'Content-Disposition: form-data; name="files"; filename="cut.txt"\r\n\r\n'
+    ctype = {"content-type": "multipart/form-data; boundary=b0"}
+    cut = f"--b0\r\n{head}the body stops here without a closing boundary".encode()
+    r = c.post("/api/v1/upload", content=cut, headers=ctype)
+    assert r.status_code == 400 and "error" in r.json()
+    junk = b"not a multipart body at all \x00\xff" * 100
+    r = c.post("/api/v1/upload", content=junk, headers=ctype)
+    assert r.status_code == 400 and "error" in r.json()
+    assert not inbox(app).exists() or list(inbox(app).iterdir()) == []
+
+
 def test_same_name_twice_is_renamed_not_overwritten(app: App, c: TestClient[Any]) -> None:
     upload(c, ("notes.txt", b"first version"))
     r = upload(c, ("notes.txt", b"second version"), ("notes.txt", b"third version"))
@@ -294,6 +306,8 @@ def test_meetings_with_summary_times_and_segments(make_app: AppFactory) -> None:
         [m] = page["items"]
         assert m["id"] == meeting.id and m["duration_s"] == meeting.meta["duration_s"] and m["summary_ref"]
         assert m["summary_status"] == "ready" and m["video"] is False
+        [listed] = [i for i in c.get("/api/v1/documents?kind=meeting").json()["items"]]
+        assert listed["duration_s"] == m["duration_s"] and listed["ref"] == m["ref"]
         one = c.get(f"/api/v1/meetings/{m['ref']}").json()
         assert one["segments"] and all(s["start_s"] is not None and s["end_s"] >= s["start_s"]
                                        for s in one["segments"])

@@ -158,7 +158,7 @@ def test_csrf_guards_unsafe_requests_even_with_auth_off(make_app: AppFactory) ->
         token = csrf(c)
         assert c.post("/api/v1/documents/1/forget").status_code == 403
         assert c.post("/api/v1/documents/1/forget", headers={"x-csrftoken": "0" * 128}).status_code == 403
-        assert c.post("/api/v1/ingest", json={"paths": ["/etc"]}).status_code == 403
+        assert c.post("/api/v1/reindex", json={}).status_code == 403
         r = c.post("/api/v1/documents/1/forget", headers={"x-csrftoken": token})
         assert r.status_code == 404  # past CSRF: there is no document 1
         # a token from another service (another secret) does not pass
@@ -166,6 +166,17 @@ def test_csrf_guards_unsafe_requests_even_with_auth_off(make_app: AppFactory) ->
         with client(other) as c2:
             foreign = csrf(c2)
         assert c.post("/api/v1/documents/1/forget", headers={"x-csrftoken": foreign}).status_code == 403
+
+
+def test_routes_naming_server_paths_are_not_served_over_http(make_app: AppFactory) -> None:
+    """`kb ingest /etc` is the CLI's (Unix socket); over HTTP files come by upload, items by ref."""
+    app = make_app()
+    with client(app) as c:
+        token = csrf(c)
+        for route in ("/api/v1/ingest", "/api/v1/forget", "/api/v1/summarize"):
+            r = c.post(route, json={"paths": ["/etc"]}, headers={"x-csrftoken": token})
+            assert r.status_code in (404, 405), route
+        assert c.get("/api/v1/search", params={"q": "x" * 2001}).status_code == 400
 
 
 def test_unix_socket_api_needs_no_login_or_csrf(make_app: AppFactory, hashed: str) -> None:
