@@ -13,6 +13,7 @@ from litestar.response import Redirect, Template
 from litestar.router import Router
 
 from kb.errors import KbError
+from server.api import MAX_QUERY
 from server.ui import data, render
 
 log = logging.getLogger(__name__)
@@ -70,8 +71,10 @@ def search_page(
     hits: list[dict[str, Any]] = []
     facets: dict[str, dict[str, int]] = {}
     total = 0
-    error = None
-    if q.strip():
+    error: str | None = None
+    if len(q) > MAX_QUERY:
+        error = f"The search is longer than {MAX_QUERY} characters: shorten it."
+    elif q.strip():
         try:
             result = library.search_page(
                 q, k=min(MAX_RESULTS, n * PAGE_SIZE), kind=kind or None, file_type=type or None, tag=tag or None,

@@ -177,7 +177,11 @@
       headers: { "content-type": "application/json", "x-csrftoken": kb.csrf() },
       body: JSON.stringify({ question: question }),
     }).then(function (r) {
-      if (!r.ok || !r.body) throw new Error("the service answered " + r.status);
+      if (!r.ok || !r.body) {
+        return r.json().catch(function () { return {}; }).then(function (d) {
+          throw new Error((d && d.error && d.error.message) || ("the service answered " + r.status));
+        });
+      }
       var reader = r.body.getReader(), dec = new TextDecoder(), buf = "";
       function pump() {
         return reader.read().then(function (res) {
@@ -197,6 +201,6 @@
         });
       }
       return pump();
-    }).catch(function (e) { onError("The answer could not be made: " + e.message); });
+    }).catch(function (e) { onError("The answer could not be made: " + e.message + "."); });
   }
 })();
