@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from fixtures import write_eml, write_pdf
+from media_fixtures import text_page
 from litestar import Litestar
 from litestar.testing import TestClient
 
@@ -51,6 +52,7 @@ def library(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
     (docs / "titled.html").write_text(
         "<html><head><title>&lt;script&gt;alert(1)&lt;/script&gt; crane log</title></head>"
         "<body><p>The crane lifted forty containers.</p></body></html>", encoding="utf-8")
+    text_page(["The boiler pressure must stay between one and two bar."], title="Boiler card").save(docs / "scan.png")
     bad = docs / "broken.pdf"
     bad.write_bytes(b"%PDF-1.4 this is not really a pdf")
     app = App(load_settings(data_dir=tmp_path / "data", workers=0, summary_llm=False), embedder=HashEmbedder())
@@ -233,3 +235,11 @@ def test_marked_escapes_and_tolerates_bad_offsets() -> None:
     out = str(marked("<i>hello</i> world", [[3, 8], [5, 10], [9, 3], [50, 60], [-4, 1]]))
     assert out.replace("<mark>", "").replace("</mark>", "") == "&lt;i&gt;hello&lt;/i&gt; world"
     assert "<i>" not in out
+
+
+def test_a_scan_shows_its_image_and_ocr_confidence(client: TestClient[Any], library: App) -> None:
+    scan = doc_id(library, "scan.png")
+    html = client.get(f"/documents/{scan}").text
+    assert f'<img class="original-img" src="/api/v1/documents/{scan}/original"' in html
+    assert re.search(r"OCR confidence \d+%", html)
+    assert "pressure" in html
