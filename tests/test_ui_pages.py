@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 from fixtures import write_eml, write_pdf
-from media_fixtures import text_page
 from litestar import Litestar
 from litestar.testing import TestClient
+from media_fixtures import text_page
 
 from kb.embedding import HashEmbedder
 from kb.settings import load_settings
