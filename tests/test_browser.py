@@ -305,7 +305,14 @@ def test_status_404_login_dark_and_phone(page: Any, browser: Any, server: dict[s
     page.reload()  # remembered
     assert page.evaluate("document.documentElement.dataset.theme") == "dark"
     shot(page, "search-dark")
+    page.goto("/library")
+    shot(page, "library-dark")
+    page.goto("/meetings")
+    page.locator(".meeting-link").first.click()
+    page.wait_for_selector("#player")
+    shot(page, "meeting-dark")
     page.click("#theme-toggle")
+    assert page.evaluate("document.documentElement.dataset.theme") == "light"
     phone = browser.new_context(base_url=server["url"], viewport={"width": 390, "height": 844}, is_mobile=True)
     p2 = phone.new_page()
     p2.goto("/?q=greenhouse+roof")
