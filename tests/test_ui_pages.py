@@ -143,7 +143,7 @@ def test_missing_document_is_a_friendly_page(client: TestClient[Any]) -> None:
     r = client.get("/documents/99999")
     assert r.status_code == 404
     assert "text/html" in r.headers["content-type"]
-    assert "There is no document 99999" in r.text
+    assert "99999" in r.text and "forgotten" in r.text
 
 
 def test_login_next_stays_on_this_site(client: TestClient[Any]) -> None:
@@ -241,5 +241,7 @@ def test_a_scan_shows_its_image_and_ocr_confidence(client: TestClient[Any], libr
     scan = doc_id(library, "scan.png")
     html = client.get(f"/documents/{scan}").text
     assert f'<img class="original-img" src="/api/v1/documents/{scan}/original"' in html
+    failed = library.documents(status="failed")["items"][0]["ref"]  # an item with no document: its page still says why
+    assert "damaged or truncated PDF" in client.get(f"/documents/{failed}").text
     assert re.search(r"OCR confidence \d+%", html)
     assert "pressure" in html

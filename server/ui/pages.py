@@ -99,44 +99,40 @@ def ask_page(request: Request[Any, Any, Any], q: str = "") -> Template:
     return page(request, "ask.html", q=q, title=f"{q} – ask" if q else "Ask")
 
 
-def _doc_id(ref: str) -> int:
-    """A document's number from the address; anything else is a page that does not exist."""
-    if not ref.isdigit() or len(ref) > 12:
-        raise NotFoundException(f"There is no document {ref[:40]!r} in the library.")
-    return int(ref)
+def _ref(ref: str) -> str:
+    """A library reference from the address (a document number, s12 for a source, j5 for a queued job)."""
+    if not ref or len(ref) > 24 or not (ref.isdigit() or (ref[0] in "sj" and ref[1:].isdigit())):
+        raise NotFoundException(f"There is nothing at {ref[:40]!r} in the library.")
+    return ref
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
 
 
 @get("/documents/{ref:str}", sync_to_thread=True, name="document")
 def document_page(
     request: Request[Any, Any, Any], library: Any, ref: str, chunk: str | None = None,
 ) -> Template | Redirect:
-    """A document: metadata, the original, the extracted text with the cited passage highlighted."""
-    doc_id = _doc_id(ref)
+    """A document: details, the original, the extracted text with the cited passage highlighted."""
     part = request.query_params.get("part")
-    view = data.document_view(library, doc_id, chunk, _int(part, 0) if part else None)
-    if view is None:
-        raise NotFoundException(f"There is no document {doc_id} in the library (it may have been forgotten).")
-    if view["doc"].kind == "summary" and view["meeting"] is not None:
+    view = data.document_view(library, _ref(ref), chunk, _int(part, 0) if part else None)
+    doc, cited = view["doc"], view["cited"]
+    if doc.get("meeting_ref"):
         # a summary point is a time in its recording: open the recording there, with the player
-        cited = view["cited"]
-        t = request.query_params.get("t") or (str(int(cited.t_start)) if cited and cited.t_start is not None else "")
-        return Redirect(f"/meetings/{view['meeting'].id}" + (f"?t={_int(t, 0, 0)}" if t else ""))
-    pdf_page = _int(request.query_params.get("page"), 0, 0)
-    t = request.query_params.get("t")
-    start = None
-    if t:
-        try:
-            start = max(0.0, float(t))
-        except ValueError:
-            start = None
-    if start is None and view["cited"] is not None and view["cited"].t_start is not None:
-        start = view["cited"].t_start
-    if not pdf_page and view["cited"] is not None and view["cited"].page:
-        pdf_page = view["cited"].page
-    return page(
-        request, "document.html", **view, pdf_page=pdf_page, start=start, chunk=chunk,
-        title=render.name_of({"title": view["doc"].title, "paths": view["paths"]}),
-    )
+        t = _seconds(request.query_params.get("t"))
+        if t is None and cited is not None:
+            t = cited["start_s"]
+        return Redirect(f"/meetings/{doc['meeting_ref']}" + (f"?t={int(t)}" if t is not None else ""))
+    start = _seconds(request.query_params.get("t"))
+    if start is None and cited is not None:
+        start = cited["start_s"]
+    pdf_page = _int(request.query_params.get("page"), 0, 0) or (cited["page"] if cited and cited["page"] else 0)
+    return page(request, "document.html", **view, pdf_page=pdf_page, start=start, chunk=chunk,
+                title=doc.get("title") or doc.get("name") or "(untitled)")
 
 
 @get("/library", sync_to_thread=True, name="library")
@@ -169,18 +165,12 @@ def meetings_page(request: Request[Any, Any, Any], library: Any) -> Template:
 @get("/meetings/{ref:str}", sync_to_thread=True, name="meeting")
 def meeting_page(request: Request[Any, Any, Any], library: Any, ref: str) -> Template:
     """A recording: the player, its summary (each point plays from its time) and the transcript."""
-    doc_id = _doc_id(ref)
-    view = data.document_view(library, doc_id)
-    if view is None or view["doc"].kind != "meeting":
-        raise NotFoundException(f"There is no meeting {doc_id} in the library.")
-    t = request.query_params.get("t")
-    start = None
-    try:
-        start = max(0.0, float(t)) if t else None
-    except ValueError:
-        start = None
-    return page(request, "meeting.html", **view, start=start, chunk=None, pdf_page=0,
-                title=render.name_of({"title": view["doc"].title, "paths": view["paths"]}))
+    view = data.document_view(library, _ref(ref))
+    if view["doc"].get("kind") != "meeting":
+        raise NotFoundException(f"There is no recording {ref[:40]!r} in the library.")
+    doc = view["doc"]
+    return page(request, "meeting.html", **view, start=_seconds(request.query_params.get("t")), chunk=None,
+                pdf_page=0, title=doc.get("title") or doc.get("name") or "(untitled)")
 
 
 def _megabytes(mb: float | None) -> str:
@@ -226,6 +216,8 @@ def error_page(request: Request[Any, Any, Any], exc: Exception) -> Template:
         return _api_error(request, exc)
     if isinstance(exc, HTTPException):
         status, message = exc.status_code, str(exc.detail)
+    elif type(exc).__name__ == "NotFound":  # the Library's: no such item (kbapp is above this layer)
+        status, message = 404, f"{str(exc)[:1].upper()}{str(exc)[1:]} in the library (it may have been forgotten)."
     elif isinstance(exc, KbError):
         status, message = 409, str(exc)
     else:
