@@ -227,9 +227,11 @@ def main() -> None:
             raise SystemExit(f"kb serve did not start: {line} {proc.stderr.read() if proc.stderr else ''}")
         with httpx.Client(base_url=base, timeout=60) as c:
             deadline = time.monotonic() + 600
-            while time.monotonic() < deadline:
-                m = c.get("/api/v1/status").json()["models"]
-                if m["embedding"]["state"] == "ready" and m["answer"]["state"] != "loading":
+            while time.monotonic() < deadline:  # models loaded and the queue drained: an idle service
+                st = c.get("/api/v1/status").json()
+                m, jobs = st["models"], st["jobs"]
+                if (m["embedding"]["state"] == "ready" and m["answer"]["state"] != "loading"
+                        and not jobs.get("queued") and not jobs.get("running")):
                     break
                 time.sleep(0.5)
             status = c.get("/api/v1/status").json()
