@@ -64,6 +64,10 @@
     Array.prototype.forEach.call(files || [], send);
   }
 
+  // the whole zone opens the file chooser (the label inside it already does)
+  zone.addEventListener("click", function (e) {
+    if (e.target === zone || (e.target.closest && !e.target.closest("label, input, button, a"))) input.click();
+  });
   input.addEventListener("change", function () { take(input.files); input.value = ""; });
   ["dragenter", "dragover"].forEach(function (t) {
     zone.addEventListener(t, function (e) { e.preventDefault(); zone.classList.add("over"); });
