@@ -160,6 +160,18 @@ def test_upload_then_ready_in_the_library(page: Any, server: dict[str, Any]) -> 
     page.set_input_files("#files", str(server["upload"] / "pier.txt"))
     page.wait_for_selector(".upload-state.ok", timeout=30_000)
     assert "in the inbox" in page.inner_text(".uploads")
+    # drag and drop of two files at once: a real drop event carrying a DataTransfer
+    page.evaluate("""() => {
+        const dt = new DataTransfer();
+        dt.items.add(new File(["The tide table for Harbourton lists two high tides a day."], "tides.txt",
+                              {type: "text/plain"}));
+        dt.items.add(new File(["Gull census: 312 herring gulls on the breakwater."], "gulls.md"));
+        const zone = document.getElementById("dropzone");
+        zone.dispatchEvent(new DragEvent("dragover", {dataTransfer: dt, bubbles: true, cancelable: true}));
+        zone.dispatchEvent(new DragEvent("drop", {dataTransfer: dt, bubbles: true, cancelable: true}));
+    }""")
+    page.locator(".upload-state.ok").nth(2).wait_for(timeout=30_000)
+    assert [n.strip() for n in page.locator(".upload-name").all_inner_texts()] == ["pier.txt", "tides.txt", "gulls.md"]
     shot(page, "upload")
     page.goto("/library")
     assert page.locator("tr", has_text="pier").count() >= 1  # at once: queued, processing or ready
