@@ -302,6 +302,20 @@ def test_a_summary_point_in_search_opens_the_recording_there(page: Any, server: 
     assert abs(page.evaluate("document.getElementById('player').currentTime") - t) < 1.5
 
 
+def test_forget_asks_first_then_the_item_leaves_the_library(page: Any, server: dict[str, Any]) -> None:
+    page.goto("/library?q=gulls")
+    row = page.locator("tr", has_text="gulls.md")
+    assert row.count() == 1
+    page.dialogs.clear()  # type: ignore[attr-defined]
+    row.locator("button[data-action=forget]").click()
+    assert page.dialogs and "gulls" in page.dialogs[0]  # type: ignore[attr-defined]
+    page.dialogs.clear()  # type: ignore[attr-defined]
+    page.wait_for_selector("#action-msg:not([hidden])")
+    wait_api(server, "/api/v1/documents?q=gulls", lambda b: b["total"] == 0, timeout=60)
+    page.goto("/library?q=gulls")
+    assert page.locator("tr", has_text="gulls.md").count() == 0
+
+
 def test_status_404_login_dark_and_phone(page: Any, browser: Any, server: dict[str, Any]) -> None:
     page.goto("/status")
     assert "Watched folders" in page.inner_text("main")
