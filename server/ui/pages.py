@@ -72,6 +72,7 @@ def search_page(
     facets: dict[str, dict[str, int]] = {}
     total = 0
     error: str | None = None
+    collapsed = 0
     if len(q) > MAX_QUERY:
         error = f"The search is longer than {MAX_QUERY} characters: shorten it."
     elif q.strip():
@@ -82,6 +83,7 @@ def search_page(
             )
             hits = result["hits"][(n - 1) * PAGE_SIZE : n * PAGE_SIZE]
             facets = result.get("facets") or {}
+            collapsed = int(result.get("collapsed") or 0)
             total = int(result.get("total") or sum((facets.get("kind") or {}).values()) or len(result["hits"]))
         except (KbError, ValueError) as exc:
             error = str(exc)
@@ -89,7 +91,7 @@ def search_page(
     empty = not q.strip() and not library.catalog.read("SELECT 1 FROM documents LIMIT 1")
     return page(
         request, "search.html", q=q, params=params, hits=hits, facets=facets, total=total, page_no=n, pages=pages,
-        error=error, empty_library=empty, offset=(n - 1) * PAGE_SIZE, title=f"{q} – search" if q else "Search",
+        error=error, empty_library=empty, collapsed=collapsed, offset=(n - 1) * PAGE_SIZE, title=f"{q} – search" if q else "Search",
     )
 
 
