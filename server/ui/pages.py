@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Callable
 from types import SimpleNamespace
@@ -50,8 +51,6 @@ def _int(value: str | None, default: int, low: int = 0, high: int = 10**9) -> in
 
 def _date(value: str | None) -> str | None:
     """An ISO date from a date input, or None (anything else is ignored, not an error)."""
-    import datetime as dt
-
     if not value:
         return None
     try:
