@@ -90,7 +90,8 @@ def search_page(
     empty = not q.strip() and not library.catalog.read("SELECT 1 FROM documents LIMIT 1")
     return page(
         request, "search.html", q=q, params=params, hits=hits, facets=facets, total=total, page_no=n, pages=pages,
-        error=error, empty_library=empty, collapsed=collapsed, offset=(n - 1) * PAGE_SIZE, title=f"{q} – search" if q else "Search",
+        error=error, empty_library=empty, collapsed=collapsed, offset=(n - 1) * PAGE_SIZE,
+        title=f"{q} – search" if q else "Search",
     )
 
 
