@@ -104,6 +104,8 @@
     var known = {};
     (ans.passages || []).forEach(function (p) { known[String(p.n)] = nameOf(p); });
     if (ans.status === "not_in_library") {
+      var h = document.getElementById("evidence-h");
+      if (h) h.textContent = "Nearest passages";
       textBox.textContent = "";
       var box = kb.el("div", "not-found");
       box.appendChild(kb.el("strong", null, "Not found in your library."));
@@ -117,7 +119,8 @@
       note.hidden = !(ans.status === "no_answer" || ans.status === "unsupported");
     }
     var bits = [];
-    if (ans.model) bits.push("Answered by " + ans.model);
+    if (ans.status === "not_in_library") bits.push("The language model was not asked");
+    else if (ans.model) bits.push("Answered by " + ans.model);
     if (ans.timings && ans.timings.total_s) bits.push(ans.timings.total_s.toFixed(1) + " s");
     if (ans.dropped && ans.dropped.length) bits.push(ans.dropped.length + " unchecked citation" + (ans.dropped.length > 1 ? "s" : "") + " removed");
     foot.textContent = bits.join(" · ");
