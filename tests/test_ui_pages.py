@@ -245,3 +245,16 @@ def test_a_scan_shows_its_image_and_ocr_confidence(client: TestClient[Any], libr
     assert "damaged or truncated PDF" in client.get(f"/documents/{failed}").text
     assert re.search(r"OCR confidence \d+%", html)
     assert "pressure" in html
+
+
+def test_places_times_and_links_as_people_read_them() -> None:
+    from server.ui.render import clock, passage_url, place, query_url, size
+
+    assert clock(0) == "0:00" and clock(75.9) == "1:15" and clock(3725) == "1:02:05" and clock(None) == ""
+    assert size(900) == "900 B" and size(2048) == "2.0 KB" and size(5 * 2**20) == "5.0 MB"
+    assert place({"page": 3, "page_end": 4}) == "pp. 3–4"
+    assert place({"t_start": 62.0, "t_end": 70.5, "section": "Summary: x > Decisions"}) == "1:02–1:10 · Decisions"
+    assert passage_url(7, {"chunk_id": "ab-00001", "page": 2}) == "/documents/7?chunk=ab-00001&page=2"
+    assert passage_url(7, {"chunk_id": "c", "t_start": 12.7}) == "/documents/7?chunk=c&t=12"
+    # query values are encoded, never pasted into the address as they are
+    assert query_url("/", {"q": 'a&b "c"', "kind": None}, page=2) == "/?q=a%26b+%22c%22&page=2"
