@@ -341,9 +341,17 @@ def test_status_404_login_dark_and_phone(page: Any, browser: Any, server: dict[s
     assert page.evaluate("document.documentElement.dataset.theme") == "light"
     phone = browser.new_context(base_url=server["url"], viewport={"width": 390, "height": 844}, is_mobile=True)
     p2 = phone.new_page()
-    p2.goto("/?q=greenhouse+roof")
-    assert p2.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
-    shot(p2, "search-phone")
+    meeting = httpx.get(server["url"] + "/api/v1/meetings").json()["items"][0]["ref"]
+    for url, name in (("/?q=greenhouse+roof", "search-phone"), ("/library", "library-phone"),
+                      (f"/meetings/{meeting}", "meeting-phone"), ("/ask?q=" + QUESTION.replace(" ", "+"), "ask-phone"),
+                      ("/upload", None), ("/status", None)):
+        p2.goto(url)
+        if name == "ask-phone":
+            p2.wait_for_selector("#answer-card[aria-busy=false]", timeout=120_000)
+        # nothing wider than the phone: no sideways scrolling on any page
+        assert p2.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth + 1"), url
+        if name:
+            shot(p2, name)
     phone.close()
     assert csp_problems(page) == []
     assert page.dialogs == []  # type: ignore[attr-defined]
