@@ -317,6 +317,8 @@ def test_forget_asks_first_then_the_item_leaves_the_library(page: Any, server: d
 
 
 def test_status_404_login_dark_and_phone(page: Any, browser: Any, server: dict[str, Any]) -> None:
+    wait_api(server, "/api/v1/meetings", lambda b: any(m["summary_status"] == "ready" for m in b.get("items", [])),
+             timeout=300)
     page.goto("/status")
     assert "Watched folders" in page.inner_text("main")
     shot(page, "status")
