@@ -258,3 +258,16 @@ def test_places_times_and_links_as_people_read_them() -> None:
     assert passage_url(7, {"chunk_id": "c", "t_start": 12.7}) == "/documents/7?chunk=c&t=12"
     # query values are encoded, never pasted into the address as they are
     assert query_url("/", {"q": 'a&b "c"', "kind": None}, page=2) == "/?q=a%26b+%22c%22&page=2"
+
+
+def test_a_failure_on_a_page_is_one_clear_line_not_a_traceback(
+    client: TestClient[Any], library: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("database is on fire at /secret/path")
+
+    monkeypatch.setattr(library, "documents", broken)
+    r = client.get("/library")
+    assert r.status_code == 500 and "text/html" in r.headers["content-type"]
+    assert "Something went wrong on this page" in r.text
+    assert "Traceback" not in r.text and "/secret/path" not in r.text
