@@ -202,6 +202,7 @@ def test_search_then_open_the_highlighted_passage(page: Any, server: dict[str, A
     page.wait_for_url(re.compile(r"/documents/\d+\?chunk="))
     cited = page.locator(".chunk.cited")
     assert cited.count() == 1 and "4.2 million" in cited.inner_text()
+    assert cited.locator("mark").count() >= 2  # the search's words are marked in the passage
     assert cited.is_visible() and page.evaluate(
         "(() => { const r = document.querySelector('.chunk.cited').getBoundingClientRect();"
         " return r.top >= 0 && r.bottom <= window.innerHeight; })()")

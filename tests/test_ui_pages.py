@@ -216,7 +216,7 @@ def test_bad_query_parameters_are_ignored_not_errors(client: TestClient[Any], li
     lease = doc_id(library, "lease.txt")
     for url in ("/?q=lease&page=abc", "/?q=lease&page=-3", "/?q=lease&page=999999", "/?q=lease&before=2024-13-45",
                 "/?q=%22unclosed", "/?q=" + "x" * 5000,
-                f"/documents/{lease}?chunk=%3Cscript%3E&t=abc&page=x&part=-1",
+                f"/documents/{lease}?chunk=%3Cscript%3E&t=abc&page=x&part=-1&q=%22%3E%3Cscript%3Ealert(1)%3C/script%3E",
                 "/library?status=bogus&offset=-5", "/library?offset=abc", "/meetings?offset=zz",
                 "/login?next=//evil.example", "/ask?q=" + "%3Cscript%3Ealert(1)%3C/script%3E"):
         r = client.get(url)

@@ -134,6 +134,7 @@ def document_page(
         start = cited["start_s"]
     pdf_page = _int(request.query_params.get("page"), 0, 0) or (cited["page"] if cited and cited["page"] else 0)
     return page(request, "document.html", **view, pdf_page=pdf_page, start=start, chunk=chunk,
+                words=(request.query_params.get("q") or "")[:200],
                 title=doc.get("title") or doc.get("name") or "(untitled)")
 
 

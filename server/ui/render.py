@@ -105,8 +105,9 @@ def place(p: dict[str, Any]) -> str:
     return " · ".join(bits)
 
 
-def passage_url(doc_id: int, p: dict[str, Any]) -> str:
-    """The document page opened at a passage: the chunk highlighted, the PDF page or the recording's time."""
+def passage_url(doc_id: int, p: dict[str, Any], q: str | None = None) -> str:
+    """The document page opened at a passage: the chunk highlighted, the PDF page or the recording's time
+    (and the search's words, marked in the passage)."""
     params: dict[str, Any] = {}
     if p.get("chunk_id"):
         params["chunk"] = p["chunk_id"]
@@ -114,6 +115,8 @@ def passage_url(doc_id: int, p: dict[str, Any]) -> str:
         params["page"] = p["page"]
     if p.get("t_start") is not None:
         params["t"] = int(p["t_start"])
+    if q:
+        params["q"] = q[:200]
     return f"/documents/{int(doc_id)}" + (f"?{urlencode(params)}" if params else "")
 
 

@@ -3,14 +3,17 @@
 "use strict";
 (function () {
   var cited = document.querySelector(".chunk.cited");
+  var article = document.querySelector("article.doc");
+  var words = article ? (article.getAttribute("data-words") || "") : "";
+  if (cited && words) markWords(cited.querySelector(".chunk-text"), words);
   if (cited) {
     cited.scrollIntoView({ block: "center" });
     cited.focus({ preventScroll: true });
   }
   var player = document.getElementById("player");
   if (!player) return;
-  var article = document.querySelector("[data-start]");
-  var start = article ? parseFloat(article.getAttribute("data-start")) : NaN;
+  var startAt = article ? article.getAttribute("data-start") : null;
+  var start = startAt !== null ? parseFloat(startAt) : NaN;
 
   function seek(t, play) {
     var go = function () {
@@ -45,4 +48,25 @@
       playing.classList.add("playing");
     }
   });
+
+  // The search's words marked in the cited passage: text nodes split around each match, never HTML.
+  function markWords(el, query) {
+    if (!el) return;
+    var terms = query.toLowerCase().replace(/["()*]/g, " ").split(/\s+/).filter(function (w) {
+      return w.length > 2 && w[0] !== "-" && ["and", "not", "the"].indexOf(w) < 0;
+    });
+    if (!terms.length) return;
+    var escaped = terms.map(function (w) { return w.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"); });
+    var re = new RegExp("(" + escaped.join("|") + ")", "gi");
+    var text = el.textContent;
+    var frag = document.createDocumentFragment(), pos = 0, m;
+    while ((m = re.exec(text)) !== null) {
+      frag.appendChild(document.createTextNode(text.slice(pos, m.index)));
+      frag.appendChild(kb.el("mark", null, m[0]));
+      pos = m.index + m[0].length;
+    }
+    frag.appendChild(document.createTextNode(text.slice(pos)));
+    el.textContent = "";
+    el.appendChild(frag);
+  }
 })();
