@@ -151,6 +151,15 @@ def wait_api(server: dict[str, Any], path: str, ok: Any, timeout: float = 180) -
     raise AssertionError(f"{path} never got there: {body}\n{server['log'].read_text()[-3000:]}")
 
 
+def wait_js(pg: Any, expression: str, timeout: float = 20) -> None:
+    """Poll an expression from here: Playwright's wait_for_function polls with eval inside the page, which
+    the service's Content-Security-Policy (rightly) forbids."""
+    deadline = time.monotonic() + timeout
+    while not pg.evaluate(expression):
+        assert time.monotonic() < deadline, f"never true: {expression}"
+        time.sleep(0.1)
+
+
 def csp_problems(pg: Any) -> list[str]:
     return [p for p in pg.problems if "Content Security Policy" in p or "Refused to" in p]
 
@@ -240,7 +249,7 @@ def test_meeting_plays_from_a_summary_point(page: Any, server: dict[str, Any]) -
     page.wait_for_selector(".summary a.time")
     point = page.locator(".summary a.time").last
     t = float(point.get_attribute("data-seek") or 0)
-    page.wait_for_function("document.getElementById('player').readyState >= 1", timeout=20_000)
+    wait_js(page, "document.getElementById('player').readyState >= 1")
     point.click()
     page.wait_for_timeout(600)
     now = page.evaluate("document.getElementById('player').currentTime")
@@ -298,7 +307,7 @@ def test_a_summary_point_in_search_opens_the_recording_there(page: Any, server: 
     page.locator(".hit .passage").first.click()
     page.wait_for_url(re.compile(r"/meetings/\d+\?t=\d+"))
     t = float(page.url.rsplit("t=", 1)[1])
-    page.wait_for_function("document.getElementById('player').readyState >= 1", timeout=20_000)
+    wait_js(page, "document.getElementById('player').readyState >= 1")
     page.wait_for_timeout(300)
     assert abs(page.evaluate("document.getElementById('player').currentTime") - t) < 1.5
 
