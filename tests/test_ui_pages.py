@@ -271,3 +271,13 @@ def test_a_failure_on_a_page_is_one_clear_line_not_a_traceback(
     assert r.status_code == 500 and "text/html" in r.headers["content-type"]
     assert "Something went wrong on this page" in r.text
     assert "Traceback" not in r.text and "/secret/path" not in r.text
+
+
+def test_a_new_library_says_how_to_start(make_app: Any) -> None:
+    app = make_app()
+    with TestClient(app=create_app(app, app.settings)) as c:
+        home = c.get("/").text
+        assert "Your library is empty" in home and 'href="/upload"' in home
+        assert "Nothing here yet" in c.get("/library").text
+        assert "No recordings yet" in c.get("/meetings").text
+        assert c.get("/status").status_code == 200
