@@ -248,9 +248,11 @@ def test_a_scan_shows_its_image_and_ocr_confidence(client: TestClient[Any], libr
 
 
 def test_places_times_and_links_as_people_read_them() -> None:
-    from server.ui.render import clock, passage_url, place, query_url, size
+    from server.ui.render import clock, passage_url, place, query_url, short_path, size
 
     assert clock(0) == "0:00" and clock(75.9) == "1:15" and clock(3725) == "1:02:05" and clock(None) == ""
+    assert short_path("/home/a/inbox/2024/lease.pdf", ["/srv/x", "/home/a/inbox/"]) == "inbox/2024/lease.pdf"
+    assert short_path("/home/a/inboxes/b.txt", ["/home/a/inbox"]) == "/home/a/inboxes/b.txt"
     assert size(900) == "900 B" and size(2048) == "2.0 KB" and size(5 * 2**20) == "5.0 MB"
     assert place({"page": 3, "page_end": 4}) == "pp. 3–4"
     assert place({"t_start": 62.0, "t_end": 70.5, "section": "Summary: x > Decisions"}) == "1:02–1:10 · Decisions"

@@ -24,7 +24,8 @@ MAX_RESULTS = 200  # the search returns at most this many documents; pages go as
 
 HELPERS = SimpleNamespace(
     marked=render.marked, clock=render.clock, size=render.size, when=render.when, ago=render.ago,
-    place=render.place, name_of=render.name_of, passage_url=render.passage_url, query_url=render.query_url,
+    place=render.place, name_of=render.name_of, short_path=render.short_path, passage_url=render.passage_url,
+    query_url=render.query_url,
     kind_labels=render.KIND_LABELS,
 )
 NAV = [("/", "Search"), ("/ask", "Ask"), ("/library", "Library"), ("/meetings", "Meetings"),
@@ -35,8 +36,10 @@ def page(request: Request[Any, Any, Any], template: str, status_code: int = 200,
     """A page: the template with what every page needs (the signed-in user, navigation, helpers)."""
     user = request.scope.get("user")
     state = request.app.state
+    settings = state.get("settings")
+    folders = [str(f.path) for f in settings.inbox] if settings is not None else []
     context.update(
-        user=user, auth_enabled=bool(state.get("auth_enabled")), nav=NAV, h=HELPERS,
+        user=user, auth_enabled=bool(state.get("auth_enabled")), nav=NAV, h=HELPERS, folders=folders,
         path=request.url.path, q=context.get("q", ""),
     )
     return Template(template_name=template, context=context, status_code=status_code)

@@ -79,6 +79,16 @@ def ago(ts: float | None) -> str:
     return when(ts)
 
 
+def short_path(path: str | None, folders: Sequence[str] = ()) -> str:
+    """A path inside a watched folder as that folder's name and the rest (inbox/2024/lease.pdf); others whole."""
+    path = str(path or "")
+    for folder in folders:
+        base = folder.rstrip("/")
+        if path.startswith(base + "/"):
+            return PurePosixPath(base).name + path[len(base):]
+    return path
+
+
 def name_of(hit: dict[str, Any]) -> str:
     """A hit's or document's title, else its file name."""
     title = (hit.get("title") or "").strip()
