@@ -82,7 +82,7 @@ def test_everything_but_login_static_and_health_needs_a_login(locked: TestClient
         assert locked.get(path).status_code == 401, path
     assert locked.post("/api/v1/upload", files={"f": ("a.txt", b"x")}).status_code == 401
     assert locked.get("/login", headers=HTML).status_code == 200
-    assert locked.get("/static/kb.css").status_code == 200
+    assert locked.get("/static/app.css").status_code == 200
     assert locked.get("/api/v1/health").json()["ok"] is True
 
 
