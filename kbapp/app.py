@@ -26,7 +26,7 @@ from ingest.store import Store
 from kb.blobs import BlobStore
 from kb.catalog import Catalog, DocumentRecord
 from kb.embedding import Embedder, SentenceTransformerEmbedder
-from kb.errors import IndexMismatchError, KbError
+from kb.errors import ConfigError, IndexMismatchError, KbError
 from kb.index import VectorIndex, VectorStore
 from kb.jobs import DONE, FAILED, HELD, LANE_FAST, LANE_MAINT, LANE_SLOW, QUEUED, RUNNING, JobQueue
 from kb.models import offline_environment
@@ -360,6 +360,34 @@ class App(LibraryViews):
         mailout = self.__dict__.get("mailout")
         if mailout is not None:
             mailout.stop()
+
+    def _mail_configured(self) -> MailOut:
+        if self.mailout is None:
+            raise ConfigError("no SMTP server configured (add an [smtp] table to kb.toml, or set KB_SMTP)")
+        return self.mailout
+
+    def send_digest(self) -> dict[str, Any]:
+        """`kb digest --now`: queue a digest of what arrived since the last one and send it from here (the
+        outbox's sender retries it if the server does not take it now); the entry's state as recorded."""
+        from kbapp.mailout import deliver_now
+
+        mailout = self._mail_configured()
+        run = mailout.digest_now()
+        entry = deliver_now(mailout, run.key)
+        return {
+            "key": run.key, "state": entry.state if entry else None, "reply": entry.reply if entry else None,
+            "error": entry.last_error if entry else None, "recipients": list(entry.recipients) if entry else [],
+            "retry_at": entry.next_attempt if entry and entry.state == "queued" else None,
+        }
+
+    def retry_outbox(self) -> dict[str, Any]:
+        """`kb mail outbox --retry`: failed and waiting e-mails are due now, and sent from here at once."""
+        mailout = self._mail_configured()
+        n = mailout.outbox.retry()
+        done = mailout.outbox.deliver_due(mailout.transport) if n else []
+        return {"retried": n, "results": [
+            {"state": e.state, "subject": e.subject, "reply": e.reply, "error": e.last_error} for e in done
+        ]}
 
     # -- running ----------------------------------------------------------------------------------
     def recover(self) -> RecoveryReport:

@@ -766,11 +766,11 @@ def _smtp_test(s: Settings, *, send: bool) -> bool:
 def digest_cmd(obj: Context, now: bool, preview: bool, html: bool, as_json: bool) -> None:
     """The digest e-mail (settings digest_cron, mail_timezone, smtp): its schedule, --now, or --preview.
 
-    Works whether or not the service runs: a digest sent by hand is queued in the outbox and sent from here
-    (the service retries it if the server does not take it now).
+    Works whether or not the service runs: a digest sent by hand is queued in the outbox and sent by the
+    running service (or by this command when none runs), retried later if the server does not take it now.
     """
     from kb.catalog import Catalog
-    from kbapp.mailout import MailOut, deliver_now
+    from kbapp.mailout import MailOut
 
     if now and preview:
         raise click.UsageError("--now or --preview, not both")
@@ -788,20 +788,18 @@ def digest_cmd(obj: Context, now: bool, preview: bool, html: bool, as_json: bool
                 click.echo(rendered.html if html else rendered.text)
             return
         if now:
-            run = mailout.digest_now()
-            entry = deliver_now(mailout, run.key)
-            out: dict[str, Any] = {
-                   "key": run.key, "state": entry.state if entry else None, "reply": entry.reply if entry else None,
-                   "error": entry.last_error if entry else None,
-                   "retry_at": entry.next_attempt if entry and entry.state == "queued" else None}
+            if s.smtp is None:
+                click.echo("kb: no SMTP server configured (add an [smtp] table to kb.toml, or set KB_SMTP)", err=True)
+                sys.exit(1)
+            # sending writes the catalog (outbox, schedule): through the service when one runs
+            out = obj.library(writes=True).send_digest()
             if as_json:
                 click.echo(json.dumps(out, indent=2))
             elif out["state"] == "sent":
-                click.echo(f"digest sent to {', '.join(entry.recipients if entry else [])}; the server answered: "
-                           f"{out['reply']}")
+                click.echo(f"digest sent to {', '.join(out['recipients'])}; the server answered: {out['reply']}")
             elif out["state"] == "queued":
                 click.echo(f"digest queued, not sent yet: {out['error']}; next try at {_when(out['retry_at'])} "
-                           "(by the service, `kb watch`)")
+                           "(by the service, `kb serve`)")
             else:
                 click.echo(f"digest not sent: {out['error'] or out['state']}")
             if out["state"] != "sent":
@@ -831,22 +829,23 @@ def mail_outbox(obj: Context, retry: bool, as_json: bool) -> None:
     """The e-mails kb sent or will send (summaries, digests): state, attempts, the server's answer."""
     from kb.catalog import Catalog
     from kb.outbox import SENT, Outbox
-    from kbapp.mailout import MailOut
 
     s = _settings_or_exit(obj)
     catalog = Catalog(s.catalog_path)
     try:
         outbox = Outbox(catalog)
         if retry:
-            n = outbox.retry()
+            if s.smtp is None:
+                click.echo("kb: no SMTP server configured (add an [smtp] table to kb.toml, or set KB_SMTP)", err=True)
+                sys.exit(1)
+            # through the service when one runs (the one writer); else from here, now
+            got = obj.library(writes=True).retry_outbox()
+            n = got["retried"]
             click.echo(f"{n} message{'s' if n != 1 else ''} to try again")
-            if n and s.smtp is not None:  # sent from here now (a running service may take some: claims are atomic)
-                mailout = MailOut(s, catalog)
-                done = mailout.outbox.deliver_due(mailout.transport)
-                for e in done:
-                    click.echo(f"  {e.state}: {e.subject}: {e.reply if e.state == SENT else e.last_error}")
-                if any(e.state != SENT for e in done):
-                    sys.exit(1)
+            for e in got["results"]:
+                click.echo(f"  {e['state']}: {e['subject']}: {e['reply'] if e['state'] == SENT else e['error']}")
+            if any(e["state"] != SENT for e in got["results"]):
+                sys.exit(1)
             return
         entries = outbox.entries(50)
         if as_json:

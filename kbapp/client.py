@@ -67,6 +67,12 @@ class Client:
     def status(self) -> dict[str, Any]:
         return dict(self._call("GET", "/status"))
 
+    def send_digest(self) -> dict[str, Any]:
+        return dict(self._call("POST", "/mail/digest"))
+
+    def retry_outbox(self) -> dict[str, Any]:
+        return dict(self._call("POST", "/mail/outbox/retry"))
+
     def search(
         self, query: str, k: int = 5, kind: str | None = None, file_type: str | None = None, tag: str | None = None,
         source: str | None = None, after: str | None = None, before: str | None = None,

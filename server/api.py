@@ -55,6 +55,10 @@ class Library(Protocol):
 
     def held(self, *, confirm: bool | None = None) -> dict[str, Any]: ...
 
+    def send_digest(self) -> dict[str, Any]: ...
+
+    def retry_outbox(self) -> dict[str, Any]: ...
+
     def ask_stream(
         self, question: str, k: int | None = None, kind: str | None = None, file_type: str | None = None,
         tag: str | None = None,
@@ -320,6 +324,18 @@ def retry(library: CoreDep, data: RetryRequest) -> dict[str, Any]:
     return library.retry(data.job_ids or None)
 
 
+@post(f"{API}/mail/digest", sync_to_thread=True, status_code=200)
+def mail_digest(library: CoreDep) -> dict[str, Any]:
+    """Send a digest now (`kb digest --now`): queued in the outbox and sent by the service."""
+    return library.send_digest()
+
+
+@post(f"{API}/mail/outbox/retry", sync_to_thread=True, status_code=200)
+def mail_retry(library: CoreDep) -> dict[str, Any]:
+    """Failed and waiting e-mails are tried again now (`kb mail outbox --retry`)."""
+    return library.retry_outbox()
+
+
 @get(f"{API}/held", sync_to_thread=True)
 def held_list(library: CoreDep) -> dict[str, Any]:
     return library.held()
@@ -385,7 +401,7 @@ def jobs(library: LibraryDep, limit: int = 50) -> dict[str, Any]:
 
 
 CORE_HANDLERS = [health, status, search, ask, ingest, forget, reindex, summarize, batch, retry, held_list,
-                 held_release]
+                 held_release, mail_digest, mail_retry]
 # Routes that name paths on the server's disk: the CLI's, on the Unix socket only (its folder is the user's
 # own). Over HTTP a file arrives by upload and an item is named by its ref, never by a path.
 PATH_HANDLERS = {ingest, forget, summarize}
