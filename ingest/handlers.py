@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,11 @@ class IngestHandler:
             return self._fail(uri, FILE, None, None, f"cannot read the file: {exc.strerror or exc}", transient=True,
                               tag=tag)
         size, mtime_ns = st.st_size, st.st_mtime_ns
+        tomb = self.catalog.forgotten(uri).get(uri)
+        if tomb is not None:
+            if tomb == (size, mtime_ns) and not job.payload.get("force"):
+                return Done("forgotten")  # someone forgot these bytes: they stay out until the file changes
+            self.catalog.unforget([uri])
         if not path.is_file():
             return self._fail(uri, FILE, size, mtime_ns, "not a regular file", transient=False, tag=tag)
         if size > self.max_file_bytes:
@@ -363,8 +369,28 @@ class ForgetHandler:
         uris = list(self.catalog.sources_under(job.uri.rstrip("/") + "/"))
         if self.catalog.source(job.uri) is not None:
             uris.append(job.uri)
+        if job.payload.get("keep_out"):
+            # Someone forgot it (not a file gone from its folder: one deleted and written again must come back).
+            # A file still on disk (in a watched folder, the next scan would read it again) is remembered with
+            # its stat, so it stays out until its bytes change; recorded first, so a crash in between leaves
+            # the tombstone and the job, which runs again.
+            files = [u for u in uris if (src := self.catalog.source(u)) is not None and src.source_type == FILE]
+            self.catalog.remember_forgotten(still_there(files))
         self.store.forget(uris)
         return Done("removed" if uris else "unchanged")
+
+
+def still_there(uris: Sequence[str]) -> list[tuple[str, int, int]]:
+    """The files (sources of type file) among `uris` still on disk, with their size and mtime."""
+    out = []
+    for u in uris:
+        try:
+            st = from_uri(u).stat()
+        except (OSError, ValueError):
+            continue
+        if stat.S_ISREG(st.st_mode):
+            out.append((u, st.st_size, st.st_mtime_ns))
+    return out
 
 
 class ScanHandler:

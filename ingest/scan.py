@@ -38,6 +38,7 @@ class ScanReport:
     files: int = 0
     queued: int = 0
     unchanged: int = 0
+    forgotten: int = 0  # files someone forgot, unchanged since: they stay out
     still_failing: list[dict[str, Any]] = field(default_factory=list)
     errors: list[dict[str, str]] = field(default_factory=list)
     removed: int = 0
@@ -87,9 +88,12 @@ class Scanner:
         pending: list[tuple[str, str, str, dict[str, Any]]] = []  # (action, uri, lane, payload)
         new_files: dict[int, Found] = {}  # index in pending -> a file the catalog has never seen
         known: dict[str, Any] = {}
+        tombs: dict[str, tuple[int | None, int | None]] = {}
         for root in roots:
             if root.is_dir():
                 known.update(self.catalog.sources_under(to_uri(root).rstrip("/") + "/"))
+            tombs.update(self.catalog.forgotten(to_uri(root)))
+        back: list[str] = []  # forgotten files that changed (or are forced): they come back
         seen: set[str] = set()
         unreadable: list[str] = []
         for f in discover(roots, self.ignore):
@@ -120,10 +124,18 @@ class Scanner:
                         pending.append(("move", uri, LANE_FAST, {"to": uri, "tag": tag}))
                         report.retagged += 1
                 continue
+            if src is None and uri in tombs:
+                if tombs[uri] == (f.size, f.mtime_ns) and not force:
+                    report.forgotten += 1
+                    continue
+                back.append(uri)
             if src is None:
                 new_files[len(pending)] = f
             payload = {"force": force, "tag": self.tag_for(f.path)}
             pending.append(("ingest", uri, lane_for(f.path, f.size, self.slow_lane_bytes), payload))
+        if mirror:  # a forgotten file that was deleted since needs no tombstone
+            back += [u for u in tombs if u not in seen and not u.startswith(tuple(unreadable))]
+        self.catalog.unforget(back)
         gone = self._gone(roots, known, seen, unreadable) if mirror else {}
         if not force:
             self._pair_moves(pending, new_files, gone, known, report)

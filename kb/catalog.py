@@ -201,6 +201,28 @@ class Catalog:
         )
         return {r["uri"]: _source(r) for r in rows}
 
+    def remember_forgotten(self, files: Iterable[tuple[str, int | None, int | None]]) -> None:
+        """Files forgotten while still in a watched folder, as (uri, size, mtime_ns): kept out until they change."""
+        now = time.time()
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO forgotten(uri, size, mtime_ns, forgotten_at) VALUES (?,?,?,?)",
+                [(u, size, mtime, now) for u, size, mtime in files],
+            )
+
+    def forgotten(self, prefix: str) -> dict[str, tuple[int | None, int | None]]:
+        """Forgotten files whose uri is `prefix` or starts with it: {uri: (size, mtime_ns)}."""
+        rows = self._query("SELECT uri, size, mtime_ns FROM forgotten WHERE substr(uri, 1, ?)=?",
+                           (len(prefix), prefix))
+        return {r["uri"]: (r["size"], r["mtime_ns"]) for r in rows}
+
+    def unforget(self, uris: Iterable[str]) -> None:
+        """The files changed, went away, or someone asked for them again: they may come back."""
+        uris = list(uris)
+        if uris:
+            with self.transaction() as db:
+                db.executemany("DELETE FROM forgotten WHERE uri=?", [(u,) for u in uris])
+
     def all_sources(self, source_type: str | None = None) -> list[SourceRecord]:
         if source_type:
             return [_source(r) for r in self._query("SELECT * FROM sources WHERE source_type=?", (source_type,))]

@@ -297,6 +297,17 @@ CREATE TABLE schedules(
 );
 """
 
+# Forgotten files: a file someone forgot (web UI, `kb forget`) while it stays in a watched folder would come
+# back at the next scan; its uri and stat are kept here so it stays out until its bytes change.
+_FORGOTTEN = """
+CREATE TABLE forgotten(
+    uri TEXT PRIMARY KEY,
+    size INTEGER,
+    mtime_ns INTEGER,
+    forgotten_at REAL NOT NULL
+);
+"""
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "baseline", _script(_BASELINE)),
     Migration(2, "jobs, claims, source warnings, pipeline versions", _script(_JOBS)),
@@ -305,6 +316,7 @@ MIGRATIONS: list[Migration] = [
     Migration(5, "folder tags, mail sync state, chunk roles", _script(_WATCHERS)),
     Migration(6, "search indexes: folded words, trigrams, whole documents", _search),
     Migration(7, "mail out: outbox and schedules", _script(_OUTBOX)),
+    Migration(8, "forgotten files stay out of the library", _script(_FORGOTTEN)),
 ]
 LATEST = MIGRATIONS[-1].version
 

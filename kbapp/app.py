@@ -484,6 +484,8 @@ class App(LibraryViews):
     def submit_ingest(self, paths: Sequence[str], *, force: bool = False, mirror: bool = True) -> str:
         """Queue a scan of files and folders; its jobs join the returned batch."""
         uris = [to_uri(absolute(Path(p))) for p in paths]
+        # a file named here was asked for: if someone forgot it, it comes back (a folder keeps its forgotten)
+        self.catalog.unforget([u for u in uris if u in self.catalog.forgotten(u)])
         batch = self.jobs.new_batch("ingest", {"paths": [display(u) for u in uris]})
         payload = {"paths": uris, "force": force, "mirror": mirror, "batch": batch}
         self.jobs.submit("scan", key=f"scan:{batch}", payload=payload, lane=LANE_FAST, priority=-1, batch=batch)
@@ -505,7 +507,7 @@ class App(LibraryViews):
                 targets.append(u)
         with self.jobs.transaction() as db:
             for u in dict.fromkeys(targets):
-                self.jobs.enqueue(db, "forget", u, lane=LANE_FAST, batch=batch)
+                self.jobs.enqueue(db, "forget", u, lane=LANE_FAST, batch=batch, payload={"keep_out": True})
         return self._adopt(batch)
 
     def submit_reindex(self, *, reparse: bool = False) -> str:

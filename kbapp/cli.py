@@ -196,6 +196,8 @@ def _printsummarize(r: dict[str, Any], seconds: float) -> None:
         + (f", {r['removed']} removed" if r["removed"] else "")
         + (f", {r['moved']} moved" if r.get("moved") else "")
         + (f", {r['empty']} with no text" if r["empty"] else "")
+        + (f", {r['forgotten']} forgotten (kept out until they change; name one, or --force, to read it)"
+           if r.get("forgotten") else "")
     )
     if r["held"]:
         click.echo(
@@ -257,7 +259,10 @@ def ingest(obj: Context, paths: tuple[Path, ...], as_json: bool, force: bool, no
 @click.pass_obj
 @_errors
 def forget(obj: Context, paths: tuple[Path, ...], as_json: bool, no_wait: bool) -> None:
-    """Remove files or folders from the library (the files themselves are not touched)."""
+    """Remove files or folders from the library (the files themselves are not touched).
+
+    A forgotten file still in a watched folder stays out of the library until it changes (or `kb ingest`
+    names it)."""
     started = time.monotonic()
     lib = obj.library(writes=True)
     batch = lib.submit_forget([str(p) for p in paths])

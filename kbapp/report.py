@@ -23,6 +23,7 @@ def summarize(state: dict[str, Any]) -> dict[str, Any]:
         "updated": o.get("updated", 0),
         "unchanged": info.get("unchanged", 0) + o.get("unchanged", 0),
         "empty": o.get("empty", 0),
+        "forgotten": info.get("forgotten", 0) + o.get("forgotten", 0),  # forgotten by someone, unchanged since
         "removed": o.get("removed", 0),
         "moved": o.get("moved", 0),  # renamed or moved files whose documents were kept as they were
         "failed": len(failures),

@@ -389,14 +389,14 @@ class LibraryViews:
     def forget_document(self, ref: str | int) -> dict[str, Any]:
         """Remove an item from the library (with its attachments and summary), as a batch to follow.
 
-        A file still in a watched folder comes back at the next scan: delete or move the file to keep it out.
+        A file still in a watched folder stays out until its bytes change (the forget job keeps its stat).
         Returns {"batch", "forgotten": number of sources}.
         """
         _, uris, _ = self._resolve(ref)
         batch = self.jobs.new_batch("forget", {"paths": [display(u) for u in uris]})
         with self.jobs.transaction() as db:
             for u in uris:
-                self.jobs.enqueue(db, "forget", u, lane=LANE_FAST, batch=batch)
+                self.jobs.enqueue(db, "forget", u, lane=LANE_FAST, batch=batch, payload={"keep_out": True})
         return {"batch": batch, "forgotten": len(uris)}
 
     def submit_files(self, paths: list[Path]) -> str:

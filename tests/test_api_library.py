@@ -180,6 +180,46 @@ def test_failed_item_shows_with_reason_retry_and_forget(app: App, c: TestClient[
     assert c.get(f"/api/v1/documents/{fine['ref']}").status_code == 404
 
 
+def test_a_forgotten_file_in_the_inbox_stays_out_until_it_changes_or_is_named(
+    app: App, c: TestClient[Any]
+) -> None:
+    folder = inbox(app)
+    folder.mkdir(parents=True)
+    bees = folder / "bees.txt"
+    bees.write_text("Honey bees dance to tell the hive where the flowers are.")
+    app.ingest([folder])
+    [item] = c.get("/api/v1/documents?status=ready").json()["items"]
+    assert c.post(f"/api/v1/documents/{item['ref']}/forget").status_code == 202
+    run(app)
+    assert c.get("/api/v1/documents").json()["total"] == 0
+
+    # the periodic scan and a watcher's event (an ingest job for the path) both leave it out
+    report = app.ingest([folder])
+    assert report["forgotten"] == 1 and report["added"] == 0
+    app.jobs.submit("ingest", str(bees), payload={"tag": None})
+    run(app)
+    assert c.get("/api/v1/documents").json()["total"] == 0 and not app.search("honey bees dance")
+
+    # named on its own, it is asked for: it comes back; forgotten again, a change brings it back too
+    assert app.ingest([bees])["added"] == 1
+    [item] = c.get("/api/v1/documents?status=ready").json()["items"]
+    assert c.post(f"/api/v1/documents/{item['ref']}/forget").status_code == 202
+    run(app)
+    assert app.ingest([folder])["forgotten"] == 1
+    bees.write_text("Honey bees dance to tell the hive where the flowers are, and how far.")
+    assert app.ingest([folder])["added"] == 1
+    assert app.search("honey bees dance")
+
+    # a deleted file needs no tombstone any more
+    [item] = c.get("/api/v1/documents?status=ready").json()["items"]
+    c.post(f"/api/v1/documents/{item['ref']}/forget")
+    run(app)
+    assert app.catalog.forgotten(str(bees))
+    bees.unlink()
+    app.ingest([folder])
+    assert not app.catalog.forgotten(str(bees))
+
+
 def test_list_filters_and_bounded_pages(app: App, c: TestClient[Any]) -> None:
     folder = inbox(app)
     folder.mkdir(parents=True)

@@ -106,7 +106,10 @@ def test_forget_and_mirror_remove_chunks_and_vectors(make_app: AppFactory, tmp_p
     assert app.catalog.source(str(files[0])) is None
     files[1].unlink()
     r = app.ingest([tmp_path / "in"])
-    assert r['removed'] == 1 and r['added'] == 1  # the forgotten file is still in the folder: back it comes
+    # the forgotten file is still in the folder: it stays out until it changes or is named
+    assert r['removed'] == 1 and r['added'] == 0 and r['forgotten'] == 1
+    assert app.catalog.stats()["documents"] == 1
+    assert app.ingest([files[0]])["added"] == 1
     assert app.catalog.stats()["documents"] == 2 == len({c.split("-")[0] for c in app.index().all_ids()})
     assert app.forget([tmp_path / "in"]) == 2
     assert app.catalog.chunk_count() == 0 and app.index().count() == 0

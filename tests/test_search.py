@@ -160,7 +160,7 @@ def test_migration_6_builds_the_new_indexes_from_existing_rows(library: App, tmp
     db = sqlite3.connect(path)
     db.executescript(
         "DROP TABLE docs_fts; DROP TABLE chunks_tri; DROP TRIGGER chunks_ai; DROP TRIGGER chunks_ad;"
-        " DROP TRIGGER documents_fts_ad; DROP TABLE outbox; DROP TABLE schedules;"
+        " DROP TRIGGER documents_fts_ad; DROP TABLE outbox; DROP TABLE schedules; DROP TABLE forgotten;"
         " DELETE FROM schema_migrations WHERE version >= 6;"  # a catalog at version 5
     )
     db.commit()
