@@ -19,7 +19,7 @@
     if (action === "forget") {
       var name = b.getAttribute("data-name") || "this item";
       if (!window.confirm("Forget “" + name + "”?\n\nIts passages leave the library. The file itself is not deleted " +
-          "(a file still in a watched folder comes back at the next scan).")) return;
+          "and stays out of the library until it changes.")) return;
     }
     var req = kb.post("/api/v1/documents/" + ref + "/" + action, {});
     b.disabled = true;
