@@ -139,7 +139,10 @@ _DATE = re.compile(
 _OWNER = re.compile(
     r"\b([A-Z][a-z]+(?:\s+[A-Z][a-z]+)?)(?:'ll|\s+(?:will|shall|is going to|is gonna|needs to|has to|"
     r"should|agreed to|offered to|volunteered to|is responsible for|takes care of))\b"
-    r"|^([A-Z][a-z]+)\s+to\s+(?!be\b)[a-z]+"  # minutes style, at the start: "Maria to send the notes"
+    # minutes style, at the start: "Maria to send the notes" (not "Welcome to the meeting", "Turning to costs")
+    r"|^(?![A-Z][a-z]+ing\b)([A-Z][a-z]+)\s+to\s+"
+    r"(?!(?:be|the|a|an|our|your|my|his|her|their|this|that|these|those|all|everyone|everybody|you|us|them|it)\b)"
+    r"[a-z]+"
 )
 _ASSIGNED = re.compile(r"\b(?:assigned to|owner(?: is)?:?|owned by)\s+([A-Z][a-z]+(?:\s+[A-Z][a-z]+)?)")
 _NOT_NAMES = _words(
@@ -147,7 +150,8 @@ _NOT_NAMES = _words(
     "Everyone Everybody Nobody Anyone Then And But So Also Maybe Okay Ok Yes No Well Now Next Our The "
     "Monday Tuesday Wednesday Thursday Friday Saturday Sunday Today Tomorrow Let Please Can Could Would "
     "Everything Nothing Something All Each Both Finally Hopefully Going Need Have Want Back Due Try Thanks "
-    "Time Here Nothing Somebody Anybody Anything Everybody Whoever Whatever Meeting Action"
+    "Time Here Nothing Somebody Anybody Anything Everybody Whoever Whatever Meeting Action Welcome Hello Hi Hey "
+    "Good Thank Sorry Moving Turning Coming Going Returning Switching Listen Look Remember Note"
 )
 _ACTION = re.compile(
     r"\b(?:action items?|to-?do|follow[- ]up|will (?:send|prepare|write|draft|book|call|email|e-mail|check|"

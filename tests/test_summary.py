@@ -32,6 +32,9 @@ def test_sentences_get_times_interpolated_inside_their_chunk() -> None:
     ("Who is going to pay for the new compost bins?", "question", None, None),
     ("It is still unclear whether the council approves the plan.", "question", None, None),
     ("The garden budget is twelve thousand pounds.", "none", None, None),
+    # an opening or a change of topic is not a person given a task (the browser test's meeting showed one)
+    ("Welcome to the garden committee meeting.", "none", None, None),
+    ("Turning to costs, the roof is the biggest item.", "none", None, None),
 ])
 def test_cue_phrases(text: str, kind: str, owner: str | None, due: str | None) -> None:
     c = cues(text)
