@@ -283,3 +283,21 @@ def test_a_new_library_says_how_to_start(make_app: Any) -> None:
         assert "Nothing here yet" in c.get("/library").text
         assert "No recordings yet" in c.get("/meetings").text
         assert c.get("/status").status_code == 200
+
+
+def test_the_status_page_shows_the_outbox_with_a_refused_message_as_text(make_app: Any) -> None:
+    from kb.outbox import OutgoingMail, Outbox
+
+    smtp = {"host": "127.0.0.1", "port": 9, "security": "none", "sender": "kb@example.org",
+            "recipients": ["a@example.org"]}
+    app = make_app(smtp=smtp, digest_cron="0 8 * * *")
+    box = Outbox(app.catalog)
+    box.put(OutgoingMail("digest:x", "digest", f"Digest {XSS}", ["a@example.org"], b"x", "<m@example.org>"))
+    entry = box.claim()
+    assert entry is not None
+    box.failed(entry, f"550 mailbox {XSS} unknown", permanent=True)
+    with TestClient(app=create_app(app, app.settings)) as c:
+        page = c.get("/status").text
+    assert "E-mails" in page and "Digest <span class=\"path\">0 8 * * *</span>" in page
+    assert XSS not in page and "550 mailbox &lt;script&gt;alert(1)&lt;/script&gt; unknown" in page
+    assert "kb mail outbox --retry" in page
