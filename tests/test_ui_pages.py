@@ -286,7 +286,7 @@ def test_a_new_library_says_how_to_start(make_app: Any) -> None:
 
 
 def test_the_status_page_shows_the_outbox_with_a_refused_message_as_text(make_app: Any) -> None:
-    from kb.outbox import OutgoingMail, Outbox
+    from kb.outbox import Outbox, OutgoingMail
 
     smtp = {"host": "127.0.0.1", "port": 9, "security": "none", "sender": "kb@example.org",
             "recipients": ["a@example.org"]}
