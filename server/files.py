@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 from litestar import Request, Response, get, post
 from litestar.exceptions import HTTPException, PermissionDeniedException
-from litestar.response import Stream
+from litestar.response import Redirect, Stream
 
 from server.security import CSRF_COOKIE, CSRF_FIELD, CSRF_HEADER, free_name, sanitize_filename
 
@@ -284,5 +284,14 @@ async def upload(library: Any, settings: Any, request: Request[Any, Any, Any]) -
     batch = None
     if up.paths:
         batch = await to_thread.run_sync(lambda: library.submit_files(up.paths))
+    if up.accepted and not up.refused and not bearer and _wants_page(request):
+        # the upload form without JavaScript (a browser's plain form post): to the library, where they show
+        return Redirect("/library", status_code=303)
     return Response({"accepted": up.accepted, "refused": up.refused, "batch": batch},
                     status_code=201 if up.accepted else 400)
+
+
+def _wants_page(request: Request[Any, Any, Any]) -> bool:
+    """A browser's form post (it asks for HTML first), not a script's request for JSON."""
+    accept = request.headers.get("accept", "")
+    return accept.startswith("text/html") and "application/json" not in accept

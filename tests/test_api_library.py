@@ -79,6 +79,14 @@ def test_upload_lands_in_the_inbox_and_is_listed_at_once_then_found(app: App, c:
     assert "kind" in hits["facets"]
 
 
+def test_the_upload_form_without_javascript_lands_on_the_library(app: App, c: TestClient[Any]) -> None:
+    r = upload(c, ("plain.txt", b"Posted by a browser without scripts."),
+               headers={"accept": "text/html,application/xhtml+xml,*/*;q=0.8"}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/library"
+    assert (inbox(app) / "plain.txt").read_bytes() == b"Posted by a browser without scripts."
+    assert upload(c, ("json.txt", b"A script asks for JSON.")).json()["accepted"][0]["name"] == "json.txt"
+
+
 @pytest.mark.parametrize(("sent", "stored"), [
     ("../../etc/passwd", "passwd"),
     ("..\\..\\windows\\win.ini", "win.ini"),
