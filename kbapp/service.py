@@ -77,7 +77,10 @@ class HttpServer:
         s = app.settings
         check_bind(s)
         family = socket.AF_INET6 if ":" in s.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP named explicitly: asyncio turns Nagle off (TCP_NODELAY) only on sockets whose proto says
+        # TCP, and with Nagle on, every request after the first on a kept-alive connection waited ~40 ms for
+        # the client's delayed ACK (measured: health 44 ms instead of 1.5 ms)
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((s.host.strip("[]"), s.port))

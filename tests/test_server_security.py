@@ -244,3 +244,26 @@ def test_sessions_survive_a_restart_but_not_a_password_change(make_app: AppFacto
     with client(app2) as c:
         c.cookies.set("kb_session", str(session))
         assert c.get("/api/v1/documents").status_code == 401
+
+
+def test_the_listening_socket_is_tcp_so_answers_on_a_kept_alive_connection_are_not_held_back(
+    make_app: AppFactory,
+) -> None:
+    """asyncio turns Nagle off only on sockets whose proto is TCP; with it on, each request after the first on
+    a kept-alive connection waited ~40 ms for a delayed ACK. A real request over two requests of one connection
+    checks the server answers (the speed itself is bench/serve.py's)."""
+    import socket
+
+    import httpx
+
+    from kbapp.service import HttpServer
+
+    app = make_app(port=0)
+    server = HttpServer(app)
+    try:
+        assert server.socket.proto == socket.IPPROTO_TCP
+        server.start()
+        with httpx.Client(base_url=f"http://127.0.0.1:{server.port}") as c:
+            assert [c.get("/api/v1/health").status_code for _ in range(2)] == [200, 200]
+    finally:
+        server.stop()
