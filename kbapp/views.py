@@ -538,9 +538,14 @@ class LibraryViews:
 
 
 def _chunk(c: ChunkRecord) -> dict[str, Any]:
-    return {"id": c.id, "ordinal": c.seq, "text": c.text, "section": c.section, "page": c.page,
-            "page_end": c.page_end, "start_s": c.t_start, "end_s": c.t_end, "role": c.role, "ocr": c.ocr,
-            "char_start": c.char_start, "char_end": c.char_end}
+    out = {"id": c.id, "ordinal": c.seq, "text": c.text, "section": c.section, "page": c.page,
+           "page_end": c.page_end, "start_s": c.t_start, "end_s": c.t_end, "role": c.role, "ocr": c.ocr,
+           "char_start": c.char_start, "char_end": c.char_end}
+    if c.t_start is not None:  # a transcript passage: each line with the time it starts
+        from retrieval.transcript import timed_lines
+
+        out["lines"] = [{"start_s": t, "text": line} for t, line in timed_lines(c.text, c.t_start, c.t_end)]
+    return out
 
 
 def _tree_size(path: Path) -> int:

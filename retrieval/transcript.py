@@ -74,6 +74,26 @@ def sentences_of(chunks: Sequence[ChunkRecord]) -> list[Sentence]:
     return out
 
 
+def timed_lines(text: str, t_start: float | None, t_end: float | None) -> list[tuple[float | None, str]]:
+    """A transcript chunk's lines (Whisper segments, joined by blank lines), each with the time it starts,
+    interpolated by character position like sentences_of, so a page can play from any line."""
+    out: list[tuple[float | None, str]] = []
+    n = max(1, len(text))
+    pos = 0
+    for part in re.split(r"\n\s*\n", text):
+        start = text.find(part, pos)
+        pos = start + len(part)
+        clean = " ".join(part.split())
+        if not clean:
+            continue
+        t = None
+        if t_start is not None:
+            span = max(0.0, (t_end if t_end is not None else t_start) - t_start)
+            t = round(t_start + span * start / n, 2)
+        out.append((t, clean))
+    return out
+
+
 def content_words(text: str) -> list[str]:
     """The words that carry meaning (no stop words, no fillers), lower case and lightly stemmed."""
     return [stem(w) for w in _WORD.findall(text.lower()) if w not in STOPWORDS and (len(w) > 2 or w.isdigit())]

@@ -367,6 +367,13 @@ def test_meetings_with_summary_times_and_segments(make_app: AppFactory) -> None:
         assert c.get(f"/api/v1/documents/{m['summary_ref']}").json()["meeting_ref"] == m["ref"]
         r = c.get(f"/api/v1/meetings/{m['summary_ref']}")
         assert r.status_code == 404  # a summary is not a meeting
+        # each transcript line plays from its own time: two sentences of 10 s in a passage of 0-20 s
+        [first, *_] = c.get(f"/api/v1/documents/{m['ref']}/text").json()["chunks"]
+        assert [ln["start_s"] for ln in first["lines"]] == [0.0, pytest.approx(10.0, abs=1.5)]
+        assert [ln["text"] for ln in first["lines"]] == first["text"].split("\n\n")
+        html = c.get(f"/meetings/{m['ref']}").text
+        assert html.count('class="line"') == sum(len(ch["lines"]) for ch in
+                                                  c.get(f"/api/v1/documents/{m['ref']}/text").json()["chunks"])
 
 
 def test_jobs_status_schema_and_health(app: App, c: TestClient[Any]) -> None:

@@ -36,7 +36,8 @@
   });
 
   var chunks = Array.prototype.slice.call(document.querySelectorAll(".chunk [data-seek]")).map(function (a) {
-    return { t: parseFloat(a.getAttribute("data-seek")), el: a.closest(".chunk") };
+    // a transcript line when the passage has timed lines, else the passage
+    return { t: parseFloat(a.getAttribute("data-seek")), el: a.closest(".line") || a.closest(".chunk") };
   });
   var playing = null;
   player.addEventListener("timeupdate", function () {
